@@ -16,9 +16,7 @@ from typing import Optional
 
 SESSION_ID_MAX_LEN = 128
 SESSION_ID_ALLOWED = "A-Z a-z 0-9 . _ : -"
-_ALLOWED_CHARS = frozenset(
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
-)
+_ALLOWED_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
 # Separates the id from its signature in a signed baggage value: not in the id charset, and
 # unreserved in baggage values, so it is never percent-encoded.
 SIGNATURE_SEPARATOR = "~"

@@ -1,0 +1,450 @@
+"""The public session API (names fixed by DESIGN.md section 4, mirroring the Lucidic TS SDK).
+
+Every call validates its arguments and reports a bad one with a message naming it and what is
+allowed. Nothing here raises into the application except in strict mode (``LUCIDIC_STRICT``):
+a bad session id makes the work run without that session, never fail.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+from typing import Any, Awaitable, Callable, Dict, Iterable, Optional, Sequence, TypeVar, Union
+
+from opentelemetry import baggage
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+
+from lucidic_otel import bootstrap
+from lucidic_otel.config import ConfigError, Settings, get_settings, reset_settings
+from lucidic_otel.context import (
+    BAGGAGE_KEY,
+    active_session,
+    context_with_session,
+    context_without_session,
+)
+from lucidic_otel.ids import new_session_id, session_id_error
+from lucidic_otel.processor import PROCESS_SESSION
+from lucidic_otel.propagation import extract_env as _extract_env
+from lucidic_otel.propagation import inject_env as _inject_env
+from lucidic_otel.sessions import REGISTRY, flush_spans
+
+logger = logging.getLogger("lucidic_otel")
+
+R = TypeVar("R")
+Token = object
+
+_INIT_FIELDS = (
+    "task",
+    "tags",
+    "experiment_id",
+    "datasetitem_id",
+    "evaluators",
+    "production_monitoring",
+)
+
+
+def _invalid(message: str) -> None:
+    """Report a bad argument: an error in strict mode, one warning line otherwise."""
+    if get_settings().strict:
+        raise ConfigError(message)
+    logger.warning("lucidic-otel: %s", message)
+
+
+def _checked_session_id(session_id: object, where: str) -> Optional[str]:
+    reason = session_id_error(session_id)
+    if reason is None:
+        return session_id  # type: ignore[return-value]
+    _invalid(f"{where}: session_id {str(session_id)[:80]!r} {reason}; running without this session")
+    return None
+
+
+def _checked_fields(where: str, fields: Dict[str, Any]) -> Dict[str, Any]:
+    """Drop (and report) init/end fields whose type the backend would reject."""
+    clean: Dict[str, Any] = {}
+    for key, value in fields.items():
+        if value is None:
+            continue
+        ok = True
+        if key in ("tags", "evaluators"):
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+            value = list(value) if ok else value
+        elif key in ("is_successful", "production_monitoring"):
+            ok = isinstance(value, bool)
+        elif key == "session_eval":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+            value = float(value) if ok else value
+        elif key in (
+            "session_name",
+            "task",
+            "is_successful_reason",
+            "session_eval_reason",
+            "experiment_id",
+            "datasetitem_id",
+        ):
+            ok = isinstance(value, str)
+        if ok:
+            clean[key] = value
+        else:
+            allowed = {
+                "tags": "a list of str",
+                "evaluators": "a list of str",
+                "is_successful": "a bool",
+                "production_monitoring": "a bool",
+                "session_eval": "a number from 0.0 to 1.0",
+            }.get(key, "a str")
+            _invalid(f"{where}: {key}={value!r} is not valid: expected {allowed}; ignored")
+    return clean
+
+
+# --- configuration -----------------------------------------------------------------------
+
+
+def _configure_sdk(instrument: Optional[Iterable[str]]) -> None:
+    """Make a plain ``python app.py`` look as if it ran under ``opentelemetry-instrument``.
+
+    Uses the same distro and configurator with the same variables, never replaces an existing
+    SDK provider, and never adds the processor twice.
+    """
+    from lucidic_otel.distro import LucidicConfigurator, LucidicDistro
+
+    if bootstrap.sdk_provider() is None:
+        LucidicDistro().configure()
+        LucidicConfigurator().configure()
+    bootstrap.after_sdk_ready()
+    if instrument:
+        _instrument(instrument)
+
+
+def _instrument(names: Iterable[str]) -> None:
+    from opentelemetry.util._importlib_metadata import entry_points
+
+    wanted = {names} if isinstance(names, str) else set(names)
+    found = set()
+    for ep in entry_points(group="opentelemetry_instrumentor"):
+        if ep.name not in wanted:
+            continue
+        found.add(ep.name)
+        try:
+            instrumentor = ep.load()()
+            if not getattr(instrumentor, "is_instrumented_by_opentelemetry", False):
+                instrumentor.instrument()
+        except Exception as exc:
+            logger.warning("lucidic-otel: could not instrument %r: %s", ep.name, exc)
+    missing = wanted - found
+    if missing:
+        _invalid(
+            f"init: instrument={sorted(missing)!r} names no installed instrumentation; "
+            "install the matching opentelemetry-instrumentation-* package"
+        )
+
+
+# --- sessions ------------------------------------------------------------------------------
+
+
+def init(
+    session_name: Optional[str] = None,
+    session_id: Optional[str] = None,
+    *,
+    auto_end: Optional[bool] = None,
+    tags: Optional[Sequence[str]] = None,
+    task: Optional[str] = None,
+    instrument: Optional[Iterable[str]] = None,
+    api_key: Optional[str] = None,
+    agent_id: Optional[str] = None,
+    **session_fields: Any,
+) -> str:
+    """Start (or continue) a session and make it this process's session. Returns its id.
+
+    The session becomes the process default (spans with no other session get it) and is bound
+    in the caller's context, so work started from here, including calls to other services,
+    carries it. With ``auto_end`` (default ``LUCIDIC_AUTO_END``) it is ended at exit after its
+    spans. Outside the launcher this also configures the SDK from the usual variables.
+    """
+    if api_key is not None or agent_id is not None:
+        if api_key is not None:
+            os.environ["LUCIDIC_API_KEY"] = api_key
+        if agent_id is not None:
+            os.environ["LUCIDIC_AGENT_ID"] = agent_id
+        reset_settings()
+    settings = get_settings()
+    try:
+        _configure_sdk(instrument)
+    except ConfigError:
+        raise
+    except Exception:
+        logger.exception("lucidic-otel: init could not configure OpenTelemetry")
+    sid = None if session_id is None else _checked_session_id(session_id, "init")
+    sid = sid or new_session_id()
+    unknown = set(session_fields) - set(_INIT_FIELDS)
+    if unknown:
+        _invalid(f"init: unknown arguments {sorted(unknown)!r}; allowed: {list(_INIT_FIELDS)}")
+    fields = _checked_fields(
+        "init",
+        {
+            "session_name": session_name,
+            "task": task,
+            "tags": tags,
+            **{k: v for k, v in session_fields.items() if k in _INIT_FIELDS},
+        },
+    )
+    name = fields.pop("session_name", None)
+    REGISTRY.open(
+        sid, name=name, auto_end=settings.auto_end if auto_end is None else bool(auto_end), **fields
+    )
+    PROCESS_SESSION.session_id = sid
+    otel_context.attach(context_with_session(sid))
+    return sid
+
+
+def _start_process_session(settings: Settings) -> None:
+    """Zero-code start from ``LUCIDIC_SESSION_NAME``; children inherit the id and join."""
+    sid = settings.session_id or new_session_id()
+    REGISTRY.open(sid, name=settings.session_name, auto_end=settings.auto_end)
+    PROCESS_SESSION.session_id = sid
+    otel_context.attach(context_with_session(sid))
+    os.environ["LUCIDIC_SESSION_ID"] = sid
+    os.environ.pop("LUCIDIC_SESSION_NAME", None)
+
+
+class session:  # noqa: N801 - a context manager named like a function, as contextlib's are
+    """Bind ``session_id`` as the active session for a block, a function or a coroutine.
+
+    ``with session(sid):`` / ``async with session(sid):`` / ``@session(sid)`` on sync,
+    async, generator and async-generator functions. Each entry attaches one OTel context and
+    each exit detaches exactly that one, so scopes nest and never leak across requests.
+    Spans that were already open when the scope started keep their own session.
+    """
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = _checked_session_id(session_id, "session")
+        self._tokens: list = []
+        if self.session_id is not None:
+            REGISTRY.open(self.session_id)
+
+    def _context(self) -> Context:
+        if self.session_id is None:
+            return otel_context.get_current()
+        return context_with_session(self.session_id)
+
+    def __enter__(self) -> Optional[str]:
+        self._tokens.append(otel_context.attach(self._context()))
+        return self.session_id
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._tokens:
+            otel_context.detach(self._tokens.pop())
+
+    async def __aenter__(self) -> Optional[str]:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.__exit__(*exc)
+
+    def __call__(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        scope = self._context
+
+        if inspect.isasyncgenfunction(fn):
+
+            @functools.wraps(fn)
+            async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
+                agen = fn(*args, **kwargs)
+                sent: Any = None
+                while True:
+                    token = otel_context.attach(scope())
+                    try:
+                        item = await agen.asend(sent)
+                    except StopAsyncIteration:
+                        return
+                    finally:
+                        otel_context.detach(token)
+                    sent = yield item
+
+            return agen_wrapper
+
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                token = otel_context.attach(scope())
+                try:
+                    return await fn(*args, **kwargs)
+                finally:
+                    otel_context.detach(token)
+
+            return async_wrapper
+
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+                gen = fn(*args, **kwargs)
+                sent: Any = None
+                while True:
+                    token = otel_context.attach(scope())
+                    try:
+                        item = gen.send(sent)
+                    except StopIteration as stop:
+                        return stop.value
+                    finally:
+                        otel_context.detach(token)
+                    sent = yield item
+
+            return gen_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            token = otel_context.attach(scope())
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                otel_context.detach(token)
+
+        return wrapper
+
+
+def with_session(
+    session_id: str, fn: Callable[..., R], *args: Any, **kwargs: Any
+) -> Union[R, Awaitable[R]]:
+    """Run ``fn(*args, **kwargs)`` with ``session_id`` active and return its result.
+
+    For a coroutine function the result is an awaitable that runs it inside the session.
+    """
+    return session(session_id)(fn)(*args, **kwargs)
+
+
+def with_lucidic(
+    fn: Callable[..., R],
+    *args: Any,
+    session_name: Optional[str] = None,
+    session_id: Optional[str] = None,
+    **kwargs: Any,
+) -> Union[R, Awaitable[R]]:
+    """One-shot session: start it, run ``fn`` in it, flush its spans, end it, unbind it.
+
+    Keyword arguments named like ``init`` fields (``task``, ``tags``, ...) configure the
+    session; the rest go to ``fn``. ``auto_end`` is ignored: the session always ends here.
+    """
+    init_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _INIT_FIELDS}
+    kwargs.pop("auto_end", None)
+    sid = None if session_id is None else _checked_session_id(session_id, "with_lucidic")
+    sid = sid or new_session_id()
+    fields = _checked_fields("with_lucidic", {"session_name": session_name, **init_kwargs})
+    name = fields.pop("session_name", None)
+    if bootstrap.sdk_provider() is None:
+        _configure_sdk(None)
+    REGISTRY.open(sid, name=name, auto_end=False, **fields)
+    scoped = session(sid)(fn)
+
+    if inspect.iscoroutinefunction(fn):
+
+        async def run_async() -> Any:
+            try:
+                return await scoped(*args, **kwargs)
+            finally:
+                REGISTRY.end(sid, {}, wait=True)
+
+        return run_async()
+
+    try:
+        return scoped(*args, **kwargs)
+    finally:
+        REGISTRY.end(sid, {}, wait=True)
+
+
+def set_active_session(session_id: str) -> Token:
+    """Bind ``session_id`` for the rest of the current context (thread, task or callback).
+
+    For detached roots (threads, timers, queue consumers) where no block encloses the work.
+    Pass the returned token to :func:`clear_active_session` to restore what was there before.
+    """
+    sid = _checked_session_id(session_id, "set_active_session")
+    if sid is None:
+        return otel_context.attach(otel_context.get_current())
+    REGISTRY.open(sid)
+    return otel_context.attach(context_with_session(sid))
+
+
+def clear_active_session(token: Optional[Token] = None) -> None:
+    """Undo :func:`set_active_session`; without a token, unbind any session in this context."""
+    if token is not None:
+        otel_context.detach(token)  # type: ignore[arg-type]
+    else:
+        otel_context.attach(context_without_session())
+
+
+def end_session(
+    session_id: Optional[str] = None,
+    *,
+    is_successful: Optional[bool] = None,
+    is_successful_reason: Optional[str] = None,
+    session_eval: Optional[float] = None,
+    session_eval_reason: Optional[str] = None,
+) -> bool:
+    """End a session (default: the current one) after its finished spans. Idempotent.
+
+    Returns True the first time, False when it was already ended or no session was found.
+    Safe from any thread or task; the flush happens on a background thread.
+    """
+    sid = (
+        current_session_id()
+        if session_id is None
+        else _checked_session_id(session_id, "end_session")
+    )
+    if sid is None:
+        if session_id is None:
+            _invalid("end_session: there is no current session to end; pass session_id")
+        return False
+    fields = _checked_fields(
+        "end_session",
+        {
+            "is_successful": is_successful,
+            "is_successful_reason": is_successful_reason,
+            "session_eval": session_eval,
+            "session_eval_reason": session_eval_reason,
+        },
+    )
+    ended = REGISTRY.end(sid, fields)
+    if PROCESS_SESSION.session_id == sid:
+        PROCESS_SESSION.session_id = None
+    return ended
+
+
+def current_session_id() -> Optional[str]:
+    """The session a span started here and now would be stamped with."""
+    try:
+        return bootstrap.session_processor().session_for(None)
+    except Exception:
+        return None
+
+
+def flush(timeout_millis: int = 30000) -> bool:
+    """Export every finished span and record pending session ends; True if all went through.
+
+    Call it at the end of work that exits without ``atexit`` (serverless handlers) or before a
+    deliberate ``os._exit``.
+    """
+    REGISTRY.drain()
+    return flush_spans(timeout_millis)
+
+
+def inject_env(env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """Put the current session and trace into ``env`` for a child process; returns ``env``.
+
+    ``subprocess.run(cmd, env=lucidic_otel.inject_env())``: a child started under the
+    launcher joins the session. The process default session is carried too when no scope is
+    active, so a child of an ``init()`` script joins from any thread.
+    """
+    ctx = otel_context.get_current()
+    if active_session(ctx) is None and baggage.get_baggage(BAGGAGE_KEY, ctx) is None:
+        sid = current_session_id()
+        if sid is not None:
+            ctx = context_with_session(sid, ctx)
+    return _inject_env(env, ctx)  # type: ignore[return-value]
+
+
+def extract_env(env: Optional[Dict[str, str]] = None) -> Context:
+    """The context (trace and session) a parent left in ``env`` (default ``os.environ``)."""
+    return _extract_env(env)

@@ -1,0 +1,235 @@
+"""Every ``LUCIDIC_*`` variable, read in one place into one immutable settings object.
+
+Configuration is read once (lazily) because the hot paths must not touch ``os.environ``. An
+invalid value never stops the user's program: it produces one warning line that names the
+variable, the value and what is allowed, and the default is used instead, unless
+``LUCIDIC_STRICT`` is on, in which case the error is raised where the settings are loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Mapping, Optional, Tuple, TypeVar
+
+from lucidic_otel.ids import session_id_error
+
+logger = logging.getLogger("lucidic_otel")
+
+DEFAULT_BASE_URL = "https://backend.lucidic.ai/api"
+REGION_BASE_URLS = {
+    "us": DEFAULT_BASE_URL,
+    "india": "https://in.backend.lucidic.ai/api",
+}
+TRUST_MODES = ("accept", "ignore", "signed")
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_BOOL_ALLOWED = "true or false (also 1/0, yes/no, on/off)"
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """An explicit, invalid setting (raised only in strict mode)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective configuration. Build it with :func:`load_settings`."""
+
+    api_key: Optional[str] = None
+    agent_id: Optional[str] = None
+    session_id: Optional[str] = None
+    session_name: Optional[str] = None
+    auto_end: bool = True
+    baggage_trust: str = "accept"
+    baggage_secret: Optional[bytes] = field(default=None, repr=False)
+    propagate: bool = True
+    flush_on_sigterm: bool = True
+    flush_on_fork_exit: bool = True
+    capture_content: bool = True
+    store_path: Optional[Path] = None
+    store_max_bytes: int = 512 * 1024 * 1024
+    base_url: str = DEFAULT_BASE_URL
+    blob_threshold: int = 65536
+    exit_deadline_s: float = 5.0
+    strict: bool = False
+    problems: Tuple[str, ...] = ()
+
+    @property
+    def delivery_enabled(self) -> bool:
+        """Delivery to the backend needs both the key and the agent id (contract)."""
+        return bool(self.api_key and self.agent_id)
+
+    def __repr__(self) -> str:  # never print the API key or the secret
+        key = "set" if self.api_key else "unset"
+        return (
+            f"Settings(api_key={key}, agent_id={self.agent_id!r}, session_id={self.session_id!r}, "
+            f"session_name={self.session_name!r}, auto_end={self.auto_end}, "
+            f"baggage_trust={self.baggage_trust!r}, propagate={self.propagate}, "
+            f"flush_on_sigterm={self.flush_on_sigterm}, capture_content={self.capture_content}, "
+            f"store_path={str(self.store_path)!r}, base_url={self.base_url!r})"
+        )
+
+
+class _Reader:
+    """Parses variables and collects one message per invalid one."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: List[str] = []
+
+    def raw(self, name: str) -> Optional[str]:
+        value = self.env.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    def bad(self, name: str, value: str, allowed: str, default: object) -> None:
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        self.problems.append(
+            f"{name}={shown!r} is not valid: expected {allowed}; using the default {default!r}"
+        )
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        low = value.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        self.bad(name, value, _BOOL_ALLOWED, default)
+        return default
+
+    def number(
+        self, name: str, default: T, parse: Callable[[str], T], lo: float, hi: float, unit: str
+    ) -> T:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            parsed = parse(value)
+        except ValueError:
+            parsed = None
+        if parsed is None or not (lo <= parsed <= hi):  # type: ignore[operator]
+            self.bad(name, value, f"a number of {unit} from {lo:g} to {hi:g}", default)
+            return default
+        return parsed
+
+    def choice(self, name: str, default: str, allowed: Tuple[str, ...]) -> str:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.lower() in allowed:
+            return value.lower()
+        self.bad(name, value, "one of " + ", ".join(allowed), default)
+        return default
+
+    def session_id(self, name: str) -> Optional[str]:
+        value = self.raw(name)
+        if value is None:
+            return None
+        reason = session_id_error(value)
+        if reason:
+            self.problems.append(
+                f"{name}={value[:80]!r} is not a valid session id: it {reason}; ignored"
+            )
+            return None
+        return value
+
+    def text(self, name: str, max_len: int = 1024) -> Optional[str]:
+        value = self.raw(name)
+        if value is not None and (len(value) > max_len or not value.isprintable()):
+            self.problems.append(
+                f"{name} is not valid: expected printable text of at most {max_len} chars; ignored"
+            )
+            return None
+        return value
+
+
+def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
+    """Read every ``LUCIDIC_*`` variable from ``env`` (default: ``os.environ``).
+
+    Problems are collected in ``Settings.problems``; :func:`get_settings` logs them once.
+    """
+    r = _Reader(os.environ if env is None else env)
+    strict = r.boolean("LUCIDIC_STRICT", False)
+    trust = r.choice("LUCIDIC_BAGGAGE_TRUST", "accept", TRUST_MODES)
+    secret_text = r.raw("LUCIDIC_BAGGAGE_SECRET")
+    secret = secret_text.encode("utf-8") if secret_text else None
+    if trust == "signed" and (secret is None or len(secret) < 16):
+        r.problems.append(
+            "LUCIDIC_BAGGAGE_TRUST=signed needs LUCIDIC_BAGGAGE_SECRET set to a shared secret of "
+            "at least 16 bytes; inbound baggage sessions are ignored until it is"
+        )
+        secret = None
+
+    base_url = r.raw("LUCIDIC_BASE_URL")
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        r.bad("LUCIDIC_BASE_URL", base_url, "an http:// or https:// URL", DEFAULT_BASE_URL)
+        base_url = None
+    region = r.choice("LUCIDIC_REGION", "us", tuple(REGION_BASE_URLS))
+    resolved_url = (base_url or REGION_BASE_URLS[region]).rstrip("/")
+
+    store_path_text = r.raw("LUCIDIC_STORE_PATH")
+    settings = Settings(
+        api_key=r.raw("LUCIDIC_API_KEY"),
+        agent_id=r.text("LUCIDIC_AGENT_ID", 256),
+        session_id=r.session_id("LUCIDIC_SESSION_ID"),
+        session_name=r.text("LUCIDIC_SESSION_NAME", 1024),
+        auto_end=r.boolean("LUCIDIC_AUTO_END", True),
+        baggage_trust=trust,
+        baggage_secret=secret,
+        propagate=r.boolean("LUCIDIC_PROPAGATE", True),
+        flush_on_sigterm=r.boolean("LUCIDIC_FLUSH_ON_SIGTERM", True),
+        flush_on_fork_exit=r.boolean("LUCIDIC_FLUSH_ON_FORK_EXIT", True),
+        capture_content=r.boolean("LUCIDIC_CAPTURE_CONTENT", True),
+        store_path=Path(store_path_text).expanduser() if store_path_text else None,
+        store_max_bytes=r.number("LUCIDIC_STORE_MAX_MB", 512, int, 1, 1_000_000, "megabytes")
+        * 1024
+        * 1024,
+        base_url=resolved_url,
+        blob_threshold=r.number(
+            "LUCIDIC_BLOB_THRESHOLD", 65536, int, 1024, 64 * 1024 * 1024, "bytes"
+        ),
+        exit_deadline_s=r.number("LUCIDIC_EXIT_DEADLINE", 5.0, float, 0, 600, "seconds"),
+        strict=strict,
+        problems=tuple(r.problems),
+    )
+    return settings
+
+
+_lock = threading.Lock()
+_settings: Optional[Settings] = None
+
+
+def get_settings() -> Settings:
+    """The process settings, loaded on first use; problems are logged once, here."""
+    global _settings
+    current = _settings
+    if current is not None:
+        return current
+    with _lock:
+        if _settings is None:
+            loaded = load_settings()
+            for problem in loaded.problems:
+                logger.warning("lucidic-otel configuration: %s", problem)
+            if loaded.strict and loaded.problems:
+                _settings = loaded
+                raise ConfigError("; ".join(loaded.problems))
+            _settings = loaded
+        return _settings
+
+
+def reset_settings() -> None:
+    """Forget the loaded settings (tests, and ``init`` after the environment changed)."""
+    global _settings
+    with _lock:
+        _settings = None

@@ -1,0 +1,105 @@
+"""The launcher plug-ins: the ``lucidic`` distro, the ``lucidic`` configurator, and the hook.
+
+The distro only fills in defaults with ``setdefault`` (what the user set always wins); the
+configurator is the stock SDK configurator plus our session processor, passed through the
+supported ``span_processors=`` argument; the post-instrument hook installs the processor when
+another distro or configurator won the launcher's first-found race. None of them raises:
+an exception here would make the launcher skip all instrumentation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, List
+
+from opentelemetry.instrumentation.distro import BaseDistro
+from opentelemetry.sdk._configuration import _OTelSDKConfigurator
+from opentelemetry.util._importlib_metadata import entry_points
+
+from lucidic_otel.bootstrap import after_sdk_ready, session_processor
+from lucidic_otel.config import ConfigError, get_settings
+
+logger = logging.getLogger("lucidic_otel")
+
+CONTENT_CAPTURE_VARIABLE = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+_EXPORTER_ALIASES = ("otlp", "none")
+
+
+def apply_defaults(environ: os._Environ[str] | dict[str, str]) -> None:
+    """The environment defaults of the ``lucidic`` distro, applied to ``environ``."""
+    environ.setdefault("OTEL_PYTHON_CONFIGURATOR", "lucidic")
+    environ.setdefault("OTEL_TRACES_EXPORTER", "lucidic")
+    # An otlp default aimed at a collector that is not there adds ~9 s to every exit.
+    environ.setdefault("OTEL_METRICS_EXPORTER", "none")
+    environ.setdefault("OTEL_LOGS_EXPORTER", "none")
+    if get_settings().capture_content:
+        environ.setdefault(CONTENT_CAPTURE_VARIABLE, "SPAN_ONLY")
+    else:
+        if environ.get(CONTENT_CAPTURE_VARIABLE, "NO_CONTENT").upper() != "NO_CONTENT":
+            logger.info(
+                "lucidic-otel: LUCIDIC_CAPTURE_CONTENT=false overrides %s", CONTENT_CAPTURE_VARIABLE
+            )
+        environ[CONTENT_CAPTURE_VARIABLE] = "NO_CONTENT"
+
+
+def drop_unknown_exporters(environ: os._Environ[str] | dict[str, str]) -> List[str]:
+    """Remove unregistered names from ``OTEL_TRACES_EXPORTER``, with one clear error.
+
+    The SDK raises on an unknown name and the launcher then skips *all* instrumentation; a
+    typo in one exporter name should cost that exporter, not the whole program's telemetry.
+    """
+    value = environ.get("OTEL_TRACES_EXPORTER")
+    if not value:
+        return []
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    registered = {ep.name for ep in entry_points(group="opentelemetry_traces_exporter")}
+    unknown = [n for n in names if n not in registered and n not in _EXPORTER_ALIASES]
+    if unknown:
+        logger.error(
+            "lucidic-otel: OTEL_TRACES_EXPORTER=%r names no registered trace exporter: %s; "
+            "allowed: %s; continuing without it",
+            value,
+            ", ".join(unknown),
+            ", ".join(sorted(registered | set(_EXPORTER_ALIASES))),
+        )
+        kept = [n for n in names if n not in unknown]
+        environ["OTEL_TRACES_EXPORTER"] = ",".join(kept) or "none"
+    return unknown
+
+
+class LucidicDistro(BaseDistro):
+    """Entry point ``opentelemetry_distro`` = ``lucidic``."""
+
+    def _configure(self, **kwargs: Any) -> None:
+        try:
+            apply_defaults(os.environ)
+        except ConfigError:
+            raise  # strict mode: the user asked for invalid settings to stop telemetry
+        except Exception:
+            logger.exception("lucidic-otel: the distro could not apply its defaults")
+
+
+class LucidicConfigurator(_OTelSDKConfigurator):
+    """Entry point ``opentelemetry_configurator`` = ``lucidic``: the SDK plus sessions."""
+
+    def _configure(self, **kwargs: Any) -> None:
+        processors = list(kwargs.pop("span_processors", None) or ())
+        try:
+            drop_unknown_exporters(os.environ)
+            processors.insert(0, session_processor())
+        except ConfigError:
+            raise
+        except Exception:
+            logger.exception("lucidic-otel: could not prepare the session processor")
+        super()._configure(span_processors=processors, **kwargs)
+        # With OTEL_CONFIG_FILE the SDK ignores span_processors; this adds it in that case.
+        after_sdk_ready()
+
+
+def post_instrument(**kwargs: Any) -> None:
+    """Entry point ``opentelemetry_post_instrument`` = ``lucidic``: sessions whoever won."""
+    try:
+        after_sdk_ready()
+    except Exception:
+        logger.exception("lucidic-otel: the post-instrument hook failed")
