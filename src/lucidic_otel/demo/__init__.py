@@ -1,0 +1,1 @@
+"""Offline pieces for ``lucidic-otel demo``: they run with nothing but this package installed."""
