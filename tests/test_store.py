@@ -392,33 +392,43 @@ def test_kill_9_mid_write_leaves_a_valid_file_with_whole_batches(
         assert s.stats()["mode"] == "file"
 
 
-def test_fork_child_writes_through_its_own_connection(store: Store) -> None:
+FORK_SCRIPT = """
+import os, sys
+sys.path.insert(0, sys.argv[2])
+from test_store import span
+from lucidic_otel.store import Store
+
+store = Store(sys.argv[1])
+assert store.write_batch([span(0, "parent")])
+parent_conn = store._local.conn
+pid = os.fork()
+if pid == 0:
+    ok = store.write_batch([span(1, "child")])
+    fresh = store._local.conn is not parent_conn
+    os._exit(0 if ok and fresh and store.stats()["errors"] == 0 else 2)
+_, status = os.waitpid(pid, 0)
+assert os.WEXITSTATUS(status) == 0, status
+assert store._local.conn is parent_conn  # the child did not disturb the parent's connection
+assert store.write_batch([span(2, "parent")])
+print(sorted((r["session_id"], r["span_count"]) for r in store.list_sessions()))
+"""
+
+
+def test_fork_child_writes_through_its_own_connection(tmp_path: Path) -> None:
+    """Runs in a fresh interpreter: forking pytest itself would inherit other tests' threads
+    (and their locks), which is the classic fork-with-threads deadlock, not a store property."""
     if not hasattr(os, "fork"):
         pytest.skip("no fork on this platform")
-    assert store.write_batch([span(0, "parent")])
-    parent_conn = store._local.conn
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: report, never return into pytest
-        code = 1
-        try:
-            ok = store.write_batch([span(1, "child")])
-            fresh = store._local.conn is not parent_conn
-            code = 0 if ok and fresh and store.stats()["errors"] == 0 else 2
-        finally:
-            os.write(write_fd, str(code).encode())
-            os._exit(code)
-    os.close(write_fd)
-    _, status = os.waitpid(pid, 0)
-    with os.fdopen(read_fd) as pipe:
-        assert pipe.read() == "0"
-    assert os.WEXITSTATUS(status) == 0
-    # The parent's own connection was not disturbed by the child.
-    assert store._local.conn is parent_conn
-    assert store.write_batch([span(2, "parent")])
-    assert {r["session_id"]: r["span_count"] for r in store.list_sessions()} == {
-        "parent": 2, "child": 1}
-    assert integrity(store.path) == "ok"
+    script = tmp_path / "fork_child.py"
+    script.write_text(FORK_SCRIPT)
+    path = tmp_path / "store.db"
+    out = subprocess.run(
+        [sys.executable, str(script), str(path), str(Path(__file__).parent)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[('child', 1), ('parent', 2)]"
+    assert integrity(path) == "ok"
 
 
 def test_threads_share_a_store(store: Store) -> None:
