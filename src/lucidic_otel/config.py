@@ -72,7 +72,7 @@ class Settings:
             f"session_name={self.session_name!r}, auto_end={self.auto_end}, "
             f"baggage_trust={self.baggage_trust!r}, propagate={self.propagate}, "
             f"flush_on_sigterm={self.flush_on_sigterm}, capture_content={self.capture_content}, "
-            f"store_path={str(self.store_path)!r}, base_url={self.base_url!r})"
+            f"store_path={self.store_path and str(self.store_path)!r}, base_url={self.base_url!r})"
         )
 
 
@@ -147,8 +147,10 @@ class _Reader:
     def text(self, name: str, max_len: int = 1024) -> Optional[str]:
         value = self.raw(name)
         if value is not None and (len(value) > max_len or not value.isprintable()):
+            shown = value if len(value) <= 80 else value[:77] + "..."
             self.problems.append(
-                f"{name} is not valid: expected printable text of at most {max_len} chars; ignored"
+                f"{name}={shown!r} is not valid: expected printable text of at most {max_len} "
+                "chars; ignored"
             )
             return None
         return value

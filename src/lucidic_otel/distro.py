@@ -23,7 +23,6 @@ from lucidic_otel.config import ConfigError, get_settings
 logger = logging.getLogger("lucidic_otel")
 
 CONTENT_CAPTURE_VARIABLE = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
-_EXPORTER_ALIASES = ("otlp", "none")
 
 
 def apply_defaults(environ: os._Environ[str] | dict[str, str]) -> None:
@@ -43,25 +42,26 @@ def apply_defaults(environ: os._Environ[str] | dict[str, str]) -> None:
         environ[CONTENT_CAPTURE_VARIABLE] = "NO_CONTENT"
 
 
-def drop_unknown_exporters(environ: os._Environ[str] | dict[str, str]) -> List[str]:
+def drop_unknown_exporters(environ: "os._Environ[str] | dict[str, str]") -> List[str]:
     """Remove unregistered names from ``OTEL_TRACES_EXPORTER``, with one clear error.
 
     The SDK raises on an unknown name and the launcher then skips *all* instrumentation; a
     typo in one exporter name should cost that exporter, not the whole program's telemetry.
+    ``none`` is only meaningful as the whole value; inside a list the SDK treats it as a name.
     """
     value = environ.get("OTEL_TRACES_EXPORTER")
-    if not value:
+    if not value or value.strip().lower() == "none":
         return []
     names = [n.strip() for n in value.split(",") if n.strip()]
     registered = {ep.name for ep in entry_points(group="opentelemetry_traces_exporter")}
-    unknown = [n for n in names if n not in registered and n not in _EXPORTER_ALIASES]
+    unknown = [n for n in names if n not in registered and n != "otlp"]
     if unknown:
         logger.error(
             "lucidic-otel: OTEL_TRACES_EXPORTER=%r names no registered trace exporter: %s; "
-            "allowed: %s; continuing without it",
+            "allowed: a comma list of %s, or 'none' alone; continuing without it",
             value,
             ", ".join(unknown),
-            ", ".join(sorted(registered | set(_EXPORTER_ALIASES))),
+            ", ".join(sorted(registered | {"otlp"})),
         )
         kept = [n for n in names if n not in unknown]
         environ["OTEL_TRACES_EXPORTER"] = ",".join(kept) or "none"

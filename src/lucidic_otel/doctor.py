@@ -1,0 +1,596 @@
+"""What ``lucidic-otel doctor`` finds out: the facts behind "why are my sessions missing?".
+
+Almost every support question about a distro comes down to one of a few facts the user cannot
+see: which distro and configurator the launcher actually picked (it takes the first one found,
+in an arbitrary order, unless ``OTEL_PYTHON_DISTRO``/``OTEL_PYTHON_CONFIGURATOR`` say otherwise),
+which exporters that leaves in effect, whether baggage propagation is on, whether an
+instrumentation is installed twice, and whether data is piling up undelivered. This module
+gathers those facts into one plain dict (:func:`diagnose`) so the text view, the ``--json``
+view and the tests all read the same thing.
+
+The launcher is mirrored, not run: entry points are read in the launcher's own discovery order
+(``opentelemetry.util._importlib_metadata``) and selected with the same rules as
+``opentelemetry-instrumentation`` 0.66b1 (``auto_instrumentation/_load.py``). Nothing here
+configures the SDK, instruments anything or changes what the store holds.
+
+It also holds the read-only check of the store file (:func:`probe_store`), because the CLI's
+other commands need the same answer: is there a readable store at this path?
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional
+from urllib.parse import quote
+
+from opentelemetry.util._importlib_metadata import EntryPoint, entry_points
+
+from lucidic_otel.config import Settings, load_settings
+from lucidic_otel.store import SCHEMA_VERSION, Store, default_store_path
+from lucidic_otel.version import __version__
+
+LUCIDIC = "lucidic"
+DISTRO_VARIABLE = "OTEL_PYTHON_DISTRO"
+CONFIGURATOR_VARIABLE = "OTEL_PYTHON_CONFIGURATOR"
+EXPORTER_VARIABLE = "OTEL_TRACES_EXPORTER"
+PROPAGATORS_VARIABLE = "OTEL_PROPAGATORS"
+DISABLED_VARIABLE = "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
+DEFAULT_PROPAGATORS = "tracecontext,baggage"
+FAILED_ITEMS_SHOWN = 10
+
+# The defaults opentelemetry-distro's OpenTelemetryDistro sets (setdefault). It cannot be run on
+# a copy of the environment, as ours can, because it writes os.environ directly.
+_OTEL_DISTRO = "opentelemetry.distro:OpenTelemetryDistro"
+_OTEL_DISTRO_DEFAULTS = {
+    "OTEL_TRACES_EXPORTER": "otlp",
+    "OTEL_METRICS_EXPORTER": "otlp",
+    "OTEL_LOGS_EXPORTER": "otlp",
+    "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+}
+# The SDK's rewrite of "otlp" by protocol (opentelemetry.sdk._configuration, 1.45).
+_OTLP_BY_PROTOCOL = {"grpc": "otlp_proto_grpc", "http/protobuf": "otlp_proto_http"}
+_OTLP_NAMES = ("otlp", "otlp_proto_grpc", "otlp_proto_http")
+_OTLP_DEFAULT_ENDPOINTS = {
+    "otlp_proto_grpc": "http://localhost:4317",
+    "otlp_proto_http": "http://localhost:4318/v1/traces",
+}
+
+
+class StoreUnreadableError(Exception):
+    """The store path holds something that is not a readable lucidic-otel store."""
+
+
+# ---------------------------------------------------------------------------- the store
+
+
+def store_path_for(settings: Settings, override: Optional[os.PathLike[str] | str] = None) -> Path:
+    """The store a command reads: ``--store``, else the path the exporter would write."""
+    if override is not None:
+        return Path(override).expanduser()
+    return settings.store_path or default_store_path(os.environ)
+
+
+def probe_store(path: Path) -> bool:
+    """True when ``path`` is a store with tables, False when nothing was recorded there yet.
+
+    Opens the file read-only, so a command that only reads never creates or changes it (the
+    :class:`Store` class creates missing files and degrades to memory on bad ones, which is
+    right for an exporter and wrong for a reader). Raises :class:`StoreUnreadableError` with
+    a one-line reason for a directory, an unreadable file, a file that is not SQLite, another
+    program's database, or a store written by a newer lucidic-otel.
+    """
+    try:
+        if not path.exists():
+            return False
+        if path.is_dir():
+            raise StoreUnreadableError(f"cannot read the store {path}: it is a directory")
+        if not path.is_file():
+            raise StoreUnreadableError(f"cannot read the store {path}: it is not a regular file")
+        if path.stat().st_size == 0:
+            return False
+    except OSError as exc:
+        raise StoreUnreadableError(f"cannot read the store {path}: {exc.strerror or exc}") from exc
+    uri = "file:" + quote(str(path.resolve())) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=2.0)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+            )}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StoreUnreadableError(
+            f"cannot read the store {path}: {exc} (is it a lucidic-otel store?)"
+        ) from exc
+    if version > SCHEMA_VERSION:
+        raise StoreUnreadableError(
+            f"cannot read the store {path}: it was written by a newer lucidic-otel (schema "
+            f"{version}, this one reads {SCHEMA_VERSION}); upgrade lucidic-otel"
+        )
+    if not tables:
+        return False
+    if version != SCHEMA_VERSION or not {"sessions", "spans", "outbox"} <= tables:
+        raise StoreUnreadableError(
+            f"cannot read the store {path}: it is an SQLite database but not a lucidic-otel store"
+        )
+    return True
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str) -> Iterator[List[str]]:
+    """Collect what ``name`` logs instead of printing it; yields the list of messages.
+
+    The store and the settings log their problems for programs under instrumentation; the CLI
+    reports them itself, in one line, so the log lines (and any traceback) must not reach the
+    terminal.
+    """
+    logger = logging.getLogger(name)
+    handler = _Collect()
+    saved = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = saved
+
+
+def check_store_usable(store: Store, messages: List[str]) -> None:
+    """Raise :class:`StoreUnreadableError` if reads from ``store`` silently returned nothing.
+
+    ``Store`` never raises: an unusable file makes it switch to an empty in-memory database,
+    and a failed read returns an empty answer. A reader must tell that apart from "no data".
+    """
+    stats = store.stats()
+    if stats.get("mode") != "file" or stats.get("errors"):
+        reason = messages[0] if messages else "the file could not be used"
+        raise StoreUnreadableError(f"cannot read the store {store.path}: {reason}")
+
+
+def _store_size(path: Path) -> int:
+    total = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            total += os.stat(str(path) + suffix).st_size
+    return total
+
+
+def _data(settings: Settings, path: Path) -> Dict[str, Any]:
+    data: Dict[str, Any] = {
+        "store_path": str(path),
+        "store_exists": False,
+        "store_bytes": None,
+        "store_error": None,
+        "outbox": None,
+        "failed_items": [],
+        "backend_url": settings.base_url,
+        "delivery_enabled": settings.delivery_enabled,
+        "api_key_set": bool(settings.api_key),
+        "agent_id": settings.agent_id,
+    }
+    try:
+        has_tables = probe_store(path)
+    except StoreUnreadableError as exc:
+        data["store_error"] = str(exc)
+        return data
+    data["store_exists"] = path.exists()
+    data["store_bytes"] = _store_size(path) if data["store_exists"] else None
+    if not has_tables:
+        data["outbox"] = {"pending": 0, "delivered": 0, "failed": 0}
+        return data
+    with quiet_logger("lucidic_otel.store") as messages:
+        store = Store(path, max_bytes=settings.store_max_bytes)
+        try:
+            counts = store.outbox_counts()
+            failed = store.failed_items(limit=FAILED_ITEMS_SHOWN)
+            check_store_usable(store, messages)
+        except StoreUnreadableError as exc:
+            data["store_error"] = str(exc)
+            return data
+        finally:
+            store.close()
+    data["outbox"] = counts
+    data["failed_items"] = [
+        {
+            "seq": item.seq,
+            "kind": item.kind,
+            "session_id": item.session_id,
+            "attempts": item.attempts,
+            "reason": item.last_error,
+        }
+        for item in failed
+    ]
+    return data
+
+
+# ------------------------------------------------------------------------ the launcher
+
+
+def _distribution(ep: EntryPoint) -> Dict[str, Optional[str]]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return {"distribution": None, "version": None}
+    name = getattr(dist, "name", None) or dist.metadata.get("Name")
+    return {"distribution": name, "version": dist.version}
+
+
+def _entry(ep: EntryPoint) -> Dict[str, Any]:
+    return {"name": ep.name, "value": ep.value, **_distribution(ep)}
+
+
+def _group(group: str) -> List[EntryPoint]:
+    return list(entry_points(group=group))
+
+
+def _pick_distro(candidates: List[EntryPoint], wanted: Optional[str]) -> Dict[str, Any]:
+    """``_load_distro``: the first entry point (or the one named) whose class is a distro."""
+    from opentelemetry.instrumentation.distro import BaseDistro
+
+    skipped = []
+    for ep in candidates:
+        if wanted is not None and wanted != ep.name:
+            continue
+        try:
+            loaded = ep.load()
+        except Exception as exc:  # noqa: BLE001 - the launcher re-raises: report, not crash
+            return {"picked": _entry(ep), "error": f"{type(exc).__name__}: {exc}",
+                    "skipped": skipped}
+        if not (isinstance(loaded, type) and issubclass(loaded, BaseDistro)):
+            skipped.append(ep.name)
+            continue
+        return {"picked": _entry(ep), "error": None, "skipped": skipped}
+    return {"picked": None, "error": None, "skipped": skipped}
+
+
+def _pick_configurator(candidates: List[EntryPoint], wanted: Optional[str]) -> Optional[EntryPoint]:
+    """``_load_configurators``: the first entry point, or the one named; never more than one."""
+    for ep in candidates:
+        if wanted is None or wanted == ep.name:
+            return ep
+    return None
+
+
+def _distro_defaults(
+    picked: Optional[Dict[str, Any]], env: Dict[str, str], problems: List[str], notes: List[str]
+) -> None:
+    """Apply the picked distro's ``setdefault``s to ``env``, as its ``_configure`` would."""
+    if picked is None:
+        return
+    if picked["name"] == LUCIDIC and picked["value"].startswith("lucidic_otel."):
+        from lucidic_otel.config import ConfigError
+        from lucidic_otel.distro import apply_defaults
+
+        try:
+            apply_defaults(env)
+        except ConfigError:
+            pass  # strict mode with bad settings: reported once, by diagnose()
+        except Exception as exc:  # noqa: BLE001 - the distro logs and carries on: so do we
+            problems.append(
+                f"the lucidic distro cannot apply its defaults ({type(exc).__name__}: {exc})"
+            )
+        return
+    if picked["value"] == _OTEL_DISTRO:
+        for name, value in _OTEL_DISTRO_DEFAULTS.items():
+            env.setdefault(name, value)
+        return
+    notes.append(
+        f"the defaults of distro {picked['name']!r} ({picked['value']}) are not known here; "
+        "the exporters shown assume it sets none"
+    )
+
+
+def _exporters(
+    env: Dict[str, str], configurator: Optional[EntryPoint], problems: List[str]
+) -> Dict[str, Any]:
+    """The trace exporters the configurator would create, as the SDK resolves their names."""
+    registered = {ep.name: ep for ep in _group("opentelemetry_traces_exporter")}
+    value = env.get(EXPORTER_VARIABLE)
+    if value is not None and os.environ.get(EXPORTER_VARIABLE) == value:
+        source = "environment"
+    elif value is not None:
+        source = "distro default"
+    else:
+        source = "unset"
+    dropped: List[str] = []
+    if configurator is not None and configurator.name == LUCIDIC and value:
+        from lucidic_otel.distro import drop_unknown_exporters
+
+        dropped = drop_unknown_exporters(env)  # logs; the caller collects the log
+        value = env.get(EXPORTER_VARIABLE)
+        if dropped:
+            problems.append(
+                f"{EXPORTER_VARIABLE} names unregistered exporters ({', '.join(dropped)}): the "
+                f"lucidic configurator drops them (registered: {', '.join(sorted(registered))})"
+            )
+    result: Dict[str, Any] = {"value": value, "source": source, "dropped": dropped, "names": []}
+    if configurator is None:
+        return result
+    if not value or value.strip().lower() == "none":
+        return result
+    for raw in value.split(","):
+        name = raw.strip()
+        entry: Dict[str, Any] = {"name": name, "entry_point": name, "registered": False,
+                                 "distribution": None, "endpoint": None}
+        if name in _OTLP_NAMES:
+            protocol = (
+                env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+                or ""
+            ).strip()
+            if name == "otlp":
+                if protocol and protocol not in _OTLP_BY_PROTOCOL:
+                    problems.append(
+                        f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported (grpc or "
+                        "http/protobuf): the SDK raises and the launcher skips ALL "
+                        "instrumentation"
+                    )
+                entry["entry_point"] = _OTLP_BY_PROTOCOL.get(protocol or "grpc", name)
+            entry["endpoint"] = (
+                env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                or _OTLP_DEFAULT_ENDPOINTS.get(entry["entry_point"])
+            )
+        ep = registered.get(entry["entry_point"])
+        if ep is not None:
+            entry["registered"] = True
+            entry["distribution"] = _distribution(ep)["distribution"]
+        else:
+            problems.append(
+                f"{EXPORTER_VARIABLE} names {name!r}, which is no registered trace exporter "
+                f"(registered: {', '.join(sorted(registered))}): the SDK raises and the "
+                "launcher skips ALL instrumentation"
+            )
+        result["names"].append(entry)
+    return result
+
+
+def _propagators(env: Mapping[str, str], problems: List[str]) -> Dict[str, Any]:
+    """What ``opentelemetry.propagate`` loads at import (it reads the variable only then)."""
+    value = env.get(PROPAGATORS_VARIABLE)
+    names = [n.strip() for n in (value or DEFAULT_PROPAGATORS).split(",")]
+    if any(n.lower() == "none" for n in names):
+        names = []
+    registered = {ep.name for ep in _group("opentelemetry_propagator")}
+    unknown = [n for n in names if n not in registered]
+    if unknown:
+        problems.append(
+            f"{PROPAGATORS_VARIABLE}={value!r} names unknown propagators ({', '.join(unknown)}): "
+            "importing opentelemetry.propagate raises ValueError"
+        )
+    baggage = "baggage" in names
+    if not baggage:
+        problems.append(
+            f"the 'baggage' propagator is off ({PROPAGATORS_VARIABLE}={value!r}): sessions will "
+            f"not follow requests into other services; use {PROPAGATORS_VARIABLE}="
+            f"{DEFAULT_PROPAGATORS}"
+        )
+    return {
+        "value": value,
+        "source": "environment" if value else "default",
+        "names": names,
+        "unknown": unknown,
+        "baggage": baggage,
+    }
+
+
+def _instrumentors(env: Mapping[str, str], problems: List[str]) -> Dict[str, Any]:
+    """Every instrumentor the launcher would try, and names more than one package claims."""
+    from opentelemetry.instrumentation.dependencies import get_dist_dependency_conflicts
+
+    disabled_names = {n.strip() for n in env.get(DISABLED_VARIABLE, "").split(",") if n.strip()}
+    rows = []
+    for ep in _group("opentelemetry_instrumentor"):
+        row = _entry(ep)
+        row["disabled"] = "*" in disabled_names or ep.name in disabled_names
+        row["skipped"] = None
+        dist = getattr(ep, "dist", None)
+        if dist is not None:
+            try:
+                conflict = get_dist_dependency_conflicts(dist)
+            except Exception as exc:  # noqa: BLE001 - malformed metadata: say so, go on
+                conflict = f"cannot read its requirements ({type(exc).__name__})"
+            if conflict is not None:
+                row["skipped"] = str(conflict)
+        rows.append(row)
+    owners: Dict[str, List[str]] = {}
+    for row in rows:
+        if not row["disabled"] and row["skipped"] is None:
+            owners.setdefault(row["name"], [])
+            if row["distribution"] not in owners[row["name"]]:
+                owners[row["name"]].append(row["distribution"])
+    twice = {name: dists for name, dists in owners.items() if len(dists) > 1}
+    for row in rows:
+        row["instrumented_twice"] = row["name"] in twice
+    for name, dists in sorted(twice.items()):
+        problems.append(
+            f"instrumented twice: {name!r} is registered by {', '.join(map(str, dists))}; both "
+            f"would wrap the same library (duplicate spans): uninstall one, or set "
+            f"{DISABLED_VARIABLE}"
+        )
+    return {"installed": rows, "instrumented_twice": {k: twice[k] for k in sorted(twice)}}
+
+
+def _launcher(env: Dict[str, str], problems: List[str], notes: List[str]) -> Dict[str, Any]:
+    distros = _group("opentelemetry_distro")
+    wanted_distro = env.get(DISTRO_VARIABLE)
+    distro = _pick_distro(distros, wanted_distro)
+    picked = distro["picked"]
+    if distro["error"]:
+        problems.append(
+            f"loading distro {picked['name']!r} fails ({distro['error']}): the launcher skips "
+            "ALL instrumentation"
+        )
+    if wanted_distro is None:
+        distro_reason = "first found (OTEL_PYTHON_DISTRO is unset)"
+        if len(distros) > 1:
+            problems.append(
+                f"{len(distros)} distros are installed "
+                f"({', '.join(ep.name for ep in distros)}) and {DISTRO_VARIABLE} is unset: the "
+                f"launcher takes the first one found, in an order that can change; set "
+                f"{DISTRO_VARIABLE}=lucidic"
+            )
+    elif picked is not None:
+        distro_reason = f"named by {DISTRO_VARIABLE}"
+    else:
+        distro_reason = f"{DISTRO_VARIABLE}={wanted_distro!r} names no installed distro"
+        problems.append(
+            f"{DISTRO_VARIABLE}={wanted_distro!r} names no installed distro (installed: "
+            f"{', '.join(ep.name for ep in distros) or 'none'}): the launcher uses its "
+            "do-nothing default distro"
+        )
+    _distro_defaults(picked, env, problems, notes)
+
+    configurators = _group("opentelemetry_configurator")
+    wanted_configurator = env.get(CONFIGURATOR_VARIABLE)
+    configurator = _pick_configurator(configurators, wanted_configurator)
+    if wanted_configurator is None:
+        configurator_reason = "first found (OTEL_PYTHON_CONFIGURATOR is unset)"
+        if configurator is None:
+            configurator_reason = "none is installed"
+            problems.append(
+                "no configurator is installed: the SDK is never set up, so no span is exported"
+            )
+        elif len(configurators) > 1:
+            problems.append(
+                f"{len(configurators)} configurators are installed and {CONFIGURATOR_VARIABLE} "
+                f"is unset: the launcher runs the first one found ({configurator.name!r} now), "
+                f"in an order that can change; set {CONFIGURATOR_VARIABLE}=lucidic"
+            )
+    elif configurator is not None:
+        set_by = "the environment" if os.environ.get(CONFIGURATOR_VARIABLE) else "the distro"
+        configurator_reason = f"named by {CONFIGURATOR_VARIABLE} (set by {set_by})"
+    else:
+        configurator_reason = f"{CONFIGURATOR_VARIABLE}={wanted_configurator!r} names none"
+        problems.append(
+            f"{CONFIGURATOR_VARIABLE}={wanted_configurator!r} names no installed configurator: "
+            "the SDK is never set up, so no span is exported at all"
+        )
+    post_hooks = [ep.name for ep in _group("opentelemetry_post_instrument")]
+    if configurator is None:
+        sessions_by = None
+    elif configurator.name == LUCIDIC:
+        sessions_by = "the lucidic configurator"
+    elif LUCIDIC in post_hooks:
+        sessions_by = "the lucidic post-instrument hook (another configurator won)"
+    else:
+        sessions_by = None
+    return {
+        "distros": [_entry(ep) for ep in distros],
+        "distro_variable": wanted_distro,
+        "distro": picked,
+        "distro_reason": distro_reason,
+        "distros_skipped": distro["skipped"],
+        "configurators": [_entry(ep) for ep in configurators],
+        "configurator_variable": wanted_configurator,
+        "configurator": _entry(configurator) if configurator is not None else None,
+        "configurator_reason": configurator_reason,
+        "sessions_stamped_by": sessions_by,
+        "_configurator_ep": configurator,
+    }
+
+
+# -------------------------------------------------------------------------- diagnose
+
+
+def _settings_view(settings: Settings) -> Dict[str, Any]:
+    return {
+        "repr": repr(settings),
+        "api_key_set": bool(settings.api_key),
+        "agent_id": settings.agent_id,
+        "baggage_secret_set": settings.baggage_secret is not None,
+        "baggage_trust": settings.baggage_trust,
+        "propagate": settings.propagate,
+        "capture_content": settings.capture_content,
+        "strict": settings.strict,
+        "session_id": settings.session_id,
+        "session_name": settings.session_name,
+        "store_path": None if settings.store_path is None else str(settings.store_path),
+        "store_max_bytes": settings.store_max_bytes,
+        "base_url": settings.base_url,
+    }
+
+
+def diagnose(store: Optional[os.PathLike[str] | str] = None) -> Dict[str, Any]:
+    """Everything ``doctor`` reports, for this process's environment, as plain JSON data.
+
+    Never contains the API key or the baggage secret, only whether they are set. ``problems``
+    lists what will not work as the user probably expects, each with its fix.
+    """
+    with quiet_logger("lucidic_otel"):
+        settings = load_settings()
+        problems: List[str] = list(settings.problems)
+        notes: List[str] = []
+        if settings.strict and settings.problems:
+            problems.append(
+                "LUCIDIC_STRICT is on and the settings above have problems: the lucidic distro "
+                "raises and the launcher skips ALL instrumentation"
+            )
+        env = dict(os.environ)
+        launcher = _launcher(env, problems, notes)
+        configurator = launcher.pop("_configurator_ep")
+        exporters = _exporters(env, configurator, problems)
+        propagators = _propagators(os.environ, problems)
+        instrumentors = _instrumentors(os.environ, problems)
+        path = store_path_for(settings, store)
+        data = _data(settings, path)
+    if configurator is not None and not any(e["name"] == LUCIDIC for e in exporters["names"]):
+        problems.append(
+            f"the lucidic exporter is not selected ({EXPORTER_VARIABLE}="
+            f"{exporters['value']!r}): spans do not reach the local store or Lucidic; use "
+            f"{EXPORTER_VARIABLE}=lucidic (or lucidic,otlp)"
+        )
+    if data["store_error"]:
+        problems.append(data["store_error"])
+    if data["failed_items"]:
+        problems.append(
+            f"{data['outbox']['failed']} outbox items failed for good and will not be delivered "
+            "(see failed_items)"
+        )
+    if not settings.delivery_enabled:
+        missing = [
+            name
+            for name, value in (("LUCIDIC_API_KEY", settings.api_key),
+                                ("LUCIDIC_AGENT_ID", settings.agent_id))
+            if not value
+        ]
+        notes.append(
+            f"delivery to Lucidic is off ({' and '.join(missing)} unset): data stays in the "
+            "local store; `lucidic-otel sessions` shows it"
+        )
+    return {
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "settings": _settings_view(settings),
+        "launcher": launcher,
+        "effective_env": {
+            name: env.get(name)
+            for name in (CONFIGURATOR_VARIABLE, EXPORTER_VARIABLE, "OTEL_METRICS_EXPORTER",
+                         "OTEL_LOGS_EXPORTER",
+                         "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")
+        },
+        "propagators": propagators,
+        "exporters": exporters,
+        "instrumentors": instrumentors,
+        "data": data,
+        "problems": problems,
+        "notes": notes,
+    }
