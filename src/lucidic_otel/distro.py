@@ -42,7 +42,7 @@ def apply_defaults(environ: os._Environ[str] | dict[str, str]) -> None:
         environ[CONTENT_CAPTURE_VARIABLE] = "NO_CONTENT"
 
 
-def drop_unknown_exporters(environ: "os._Environ[str] | dict[str, str]") -> List[str]:
+def drop_unknown_exporters(environ: os._Environ[str] | dict[str, str]) -> List[str]:
     """Remove unregistered names from ``OTEL_TRACES_EXPORTER``, with one clear error.
 
     The SDK raises on an unknown name and the launcher then skips *all* instrumentation; a
