@@ -5,6 +5,7 @@ session; use this API to scope work into sessions. See README.md.
 """
 
 from lucidic_otel.api import (
+    carry_context,
     clear_active_session,
     current_session_id,
     end_session,
@@ -27,6 +28,7 @@ __all__ = [
     "SESSION_ATTRIBUTE",
     "LucidicSpanProcessor",
     "__version__",
+    "carry_context",
     "clear_active_session",
     "current_session_id",
     "end_session",

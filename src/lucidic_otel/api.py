@@ -11,9 +11,21 @@ import functools
 import inspect
 import logging
 import os
-from typing import Any, Awaitable, Callable, Dict, Iterable, Optional, Sequence, TypeVar, Union
+from contextvars import ContextVar
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    Dict,
+    Iterable,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
-from opentelemetry import baggage
+from opentelemetry import baggage, propagate
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
@@ -209,6 +221,15 @@ def _start_process_session(settings: Settings) -> None:
     os.environ.pop("LUCIDIC_SESSION_NAME", None)
 
 
+# The tokens of entered ``session`` blocks, per context: a token can only be detached in the
+# context (thread or task) that attached it, and one ``session`` object may be entered by
+# several threads or tasks at once. Only tokens live here; the session itself lives in the
+# OTel context.
+_open_scopes: ContextVar[Tuple[Tuple[object, object], ...]] = ContextVar(
+    "lucidic_otel_open_scopes", default=()
+)
+
+
 class session:  # noqa: N801 - a context manager named like a function, as contextlib's are
     """Bind ``session_id`` as the active session for a block, a function or a coroutine.
 
@@ -220,22 +241,28 @@ class session:  # noqa: N801 - a context manager named like a function, as conte
 
     def __init__(self, session_id: str) -> None:
         self.session_id = _checked_session_id(session_id, "session")
-        self._tokens: list = []
-        if self.session_id is not None:
-            REGISTRY.open(self.session_id)
+        self._opened = False
 
     def _context(self) -> Context:
         if self.session_id is None:
             return otel_context.get_current()
+        if not self._opened:  # on first use, so a decorator at import time records nothing
+            self._opened = True
+            REGISTRY.open(self.session_id)
         return context_with_session(self.session_id)
 
     def __enter__(self) -> Optional[str]:
-        self._tokens.append(otel_context.attach(self._context()))
+        token = otel_context.attach(self._context())
+        _open_scopes.set(_open_scopes.get() + ((self, token),))
         return self.session_id
 
     def __exit__(self, *exc: Any) -> None:
-        if self._tokens:
-            otel_context.detach(self._tokens.pop())
+        scopes = _open_scopes.get()
+        for i in range(len(scopes) - 1, -1, -1):
+            if scopes[i][0] is self:
+                _open_scopes.set(scopes[:i] + scopes[i + 1 :])
+                otel_context.detach(scopes[i][1])
+                return
 
     async def __aenter__(self) -> Optional[str]:
         return self.__enter__()
@@ -250,17 +277,30 @@ class session:  # noqa: N801 - a context manager named like a function, as conte
 
             @functools.wraps(fn)
             async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
+                # Like ``yield from``: values, athrow() and aclose() all reach ``agen``.
                 agen = fn(*args, **kwargs)
-                sent: Any = None
+                resume: Callable[[Any], Awaitable[Any]] = agen.asend
+                arg: Any = None
                 while True:
                     token = otel_context.attach(scope())
                     try:
-                        item = await agen.asend(sent)
+                        item = await resume(arg)
                     except StopAsyncIteration:
                         return
                     finally:
                         otel_context.detach(token)
-                    sent = yield item
+                    try:
+                        arg = yield item
+                        resume = agen.asend
+                    except GeneratorExit:
+                        token = otel_context.attach(scope())
+                        try:
+                            await agen.aclose()
+                        finally:
+                            otel_context.detach(token)
+                        raise
+                    except BaseException as exc:
+                        resume, arg = agen.athrow, exc
 
             return agen_wrapper
 
@@ -280,17 +320,30 @@ class session:  # noqa: N801 - a context manager named like a function, as conte
 
             @functools.wraps(fn)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+                # Like ``yield from``: values, throw() and close() all reach ``gen``.
                 gen = fn(*args, **kwargs)
-                sent: Any = None
+                resume: Callable[[Any], Any] = gen.send
+                arg: Any = None
                 while True:
                     token = otel_context.attach(scope())
                     try:
-                        item = gen.send(sent)
+                        item = resume(arg)
                     except StopIteration as stop:
                         return stop.value
                     finally:
                         otel_context.detach(token)
-                    sent = yield item
+                    try:
+                        arg = yield item
+                        resume = gen.send
+                    except GeneratorExit:
+                        token = otel_context.attach(scope())
+                        try:
+                            gen.close()
+                        finally:
+                            otel_context.detach(token)
+                        raise
+                    except BaseException as exc:
+                        resume, arg = gen.throw, exc
 
             return gen_wrapper
 
@@ -333,8 +386,12 @@ def with_lucidic(
     sid = sid or new_session_id()
     fields = _checked_fields("with_lucidic", {"session_name": session_name, **init_kwargs})
     name = fields.pop("session_name", None)
-    if bootstrap.sdk_provider() is None:
-        _configure_sdk(None)
+    try:
+        _configure_sdk(None)  # also adds the processor to a provider the user set up
+    except ConfigError:
+        raise
+    except Exception:
+        logger.exception("lucidic-otel: with_lucidic could not configure OpenTelemetry")
     REGISTRY.open(sid, name=name, auto_end=False, **fields)
     scoped = session(sid)(fn)
 
@@ -397,6 +454,12 @@ def end_session(
         if session_id is None:
             _invalid("end_session: there is no current session to end; pass session_id")
         return False
+    if session_id is None and not REGISTRY.knows(sid):
+        _invalid(
+            f"end_session: the current session {sid!r} was joined from upstream (baggage or "
+            "environment); the service that started it ends it; pass session_id to end it here"
+        )
+        return False
     fields = _checked_fields(
         "end_session",
         {
@@ -448,3 +511,68 @@ def inject_env(env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
 def extract_env(env: Optional[Dict[str, str]] = None) -> Context:
     """The context (trace and session) a parent left in ``env`` (default ``os.environ``)."""
     return _extract_env(env)
+
+
+class _CarriedContext:
+    """``fn`` bound to the trace and session that were current when it was made.
+
+    A plain object of three fields so that it pickles (by reference to ``fn``) into spawn and
+    forkserver children, which inherit no context at all, and into pool workers forked before
+    the session began. The session is carried as the active session, not only as baggage: the
+    carrier comes from this application, not from a caller, so the inbound baggage trust policy
+    (``LUCIDIC_BAGGAGE_TRUST=ignore`` at an edge) must not drop it.
+    """
+
+    __slots__ = ("fn", "carrier", "session_id")
+
+    def __init__(self, fn: Callable[..., Any], carrier: Dict[str, str], session_id: Optional[str]):
+        self.fn = fn
+        self.carrier = carrier
+        self.session_id = session_id
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        token = None
+        try:
+            ctx = propagate.extract(self.carrier)
+            if self.session_id is not None:
+                ctx = context_with_session(self.session_id, ctx)
+            token = otel_context.attach(ctx)
+        except Exception:  # telemetry must never stop the work itself
+            logger.debug("lucidic-otel: could not restore a carried context", exc_info=True)
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+
+    def __getstate__(self) -> tuple:
+        return (self.fn, self.carrier, self.session_id)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.fn, self.carrier, self.session_id = state
+
+    def __repr__(self) -> str:
+        return f"carry_context({self.fn!r}, session_id={self.session_id!r})"
+
+
+def carry_context(fn: Callable[..., R]) -> Callable[..., R]:
+    """``fn`` wrapped to run in the current trace and session, wherever it is called.
+
+    For work handed to other processes: ``Process(target=carry_context(work))``,
+    ``pool.map(carry_context(work), items)``, ``executor.submit(carry_context(work), x)``.
+    Fork children inherit the context of the thread that forked them, but spawn and
+    forkserver children, and pool workers started before the session, do not; the wrapper
+    is picklable (when ``fn`` is) and re-attaches the captured context around each call.
+    The child never starts or ends the session: it only stamps its spans with it.
+    """
+    if not callable(fn):
+        _invalid(f"carry_context: fn={fn!r} is not callable; returned unchanged")
+        return fn
+    carrier: Dict[str, str] = {}
+    sid = None
+    try:
+        propagate.inject(carrier)
+        sid = current_session_id()
+    except Exception:
+        logger.debug("lucidic-otel: could not capture the current context", exc_info=True)
+    return _CarriedContext(fn, carrier, sid)

@@ -1,17 +1,32 @@
 """The session processor: stamps every span with its session at start.
 
 It runs synchronously on the application's thread for every span, so it does as little as
-possible: a few dictionary lookups in the parent context and at most one locked attribute
-write. It never raises. Stamping happens in ``on_start`` because exporters only see spans in
-``on_end``, when attributes are frozen; where the processor sits in the chain does not matter.
+possible: a few dictionary lookups in the parent context and one locked attribute write. It
+never raises. Stamping happens in ``on_start`` because exporters only see spans in ``on_end``,
+when attributes are frozen; where the processor sits in the chain does not matter.
+
+Hot-path shortcuts (measured by ``bench/span_overhead.py``; see docs/performance.md). Each reads
+an SDK private name, is verified once at import against the public API, and falls back to the
+public API when the SDK no longer looks the way it was verified:
+
+- the baggage and current-span entries are read from the context with one lookup each, with
+  the SDK's own context keys, instead of through ``baggage.get_baggage``/``get_current_span``;
+- a local parent's stamp is read from its attribute dict, without a mapping-proxy wrapper;
+- the two session attributes are written straight into the new span's attribute dict under
+  the span's lock (the lock ``set_attribute`` takes), but only when that is exactly what
+  ``set_attributes`` would do: the span is an SDK span, still open, the value is a ``str`` no
+  longer than the length limit, neither key is set yet, and there is room for both under the
+  count limit. Anything else (ended span, limits that would truncate or evict, a key to
+  re-set) goes through the public ``set_attributes``, warnings and accounting included.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Any, Optional
 
-from opentelemetry import baggage
+from opentelemetry import baggage, trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context, get_current
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import get_current_span
@@ -28,6 +43,65 @@ from lucidic_otel.trust import BaggageTrust
 logger = logging.getLogger("lucidic_otel")
 
 
+def _verified_baggage_key() -> Optional[str]:
+    """The SDK's private context key for baggage, if it holds baggage as a dict; else None."""
+    try:
+        from opentelemetry.baggage import _BAGGAGE_KEY
+
+        probe = baggage.set_baggage("lucidic.probe", "v", Context())
+        entries = probe.get(_BAGGAGE_KEY)
+        if isinstance(entries, dict) and entries.get("lucidic.probe") == "v":
+            return _BAGGAGE_KEY
+    except Exception:
+        pass
+    return None
+
+
+def _verified_span_key() -> Optional[str]:
+    """The SDK's private context key for the current span, if it holds the span; else None."""
+    try:
+        from opentelemetry.trace.propagation import _SPAN_KEY
+
+        span = trace.NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)
+        if trace.set_span_in_context(span, Context()).get(_SPAN_KEY) is span:
+            return _SPAN_KEY
+    except Exception:
+        pass
+    return None
+
+
+def _verified_span_type() -> Optional[type]:
+    """The SDK's span class, if its attributes and lock look as the fast paths expect."""
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import _Span
+
+        span: Any = _Span("probe", trace.INVALID_SPAN_CONTEXT, resource=Resource({}))
+        span.start()
+        attributes = span._attributes
+        with span._lock:
+            ok = (
+                type(attributes) is BoundedAttributes
+                and type(attributes._dict) is dict
+                and span._end_time is None
+                and attributes._immutable is False
+                and "maxlen" in vars(attributes)
+                and "max_value_len" in vars(attributes)
+            )
+        span.set_attribute(SESSION_ATTRIBUTE, "v")
+        ok = ok and attributes._dict.get(SESSION_ATTRIBUTE) == "v"
+        span.end()
+        return _Span if ok and attributes._immutable is True else None
+    except Exception:
+        return None
+
+
+#: Verified once at import; None selects the public API.
+BAGGAGE_CONTEXT_KEY: Optional[str] = _verified_baggage_key()
+SPAN_CONTEXT_KEY: Optional[str] = _verified_span_key()
+SDK_SPAN_TYPE: Optional[type] = _verified_span_type()
+
+
 class ProcessSession:
     """The process-wide default session (from ``init()`` or the environment).
 
@@ -41,6 +115,32 @@ class ProcessSession:
 
 
 PROCESS_SESSION = ProcessSession()
+
+
+def stamp(span: Span, sid: str) -> None:
+    """Set both session attributes on ``span``, exactly as ``set_attributes`` would."""
+    if type(span) is SDK_SPAN_TYPE and type(sid) is str:
+        attributes: Any = span._attributes  # type: ignore[attr-defined]
+        lock = span._lock  # type: ignore[attr-defined]
+        lock.acquire()  # measured cheaper than ``with`` here; released on every path
+        try:
+            maxlen = attributes.maxlen
+            max_value_len = attributes.max_value_len
+            values = attributes._dict
+            if (
+                span._end_time is None  # type: ignore[attr-defined]
+                and not attributes._immutable
+                and (maxlen is None or len(values) + 2 <= maxlen)
+                and (max_value_len is None or len(sid) <= max_value_len)
+                and SESSION_ATTRIBUTE not in values  # a re-set key moves to the end
+                and SEMCONV_SESSION_ATTRIBUTE not in values
+            ):
+                values[SESSION_ATTRIBUTE] = sid
+                values[SEMCONV_SESSION_ATTRIBUTE] = sid
+                return
+        finally:
+            lock.release()
+    span.set_attributes({SESSION_ATTRIBUTE: sid, SEMCONV_SESSION_ATTRIBUTE: sid})
 
 
 class LucidicSpanProcessor(SpanProcessor):
@@ -70,13 +170,24 @@ class LucidicSpanProcessor(SpanProcessor):
         sid = ctx.get(SESSION_KEY)
         if sid is not None:
             return sid
-        raw = baggage.get_baggage(BAGGAGE_KEY, ctx)
+        if BAGGAGE_CONTEXT_KEY is not None:
+            entries = ctx.get(BAGGAGE_CONTEXT_KEY)
+            raw = entries.get(BAGGAGE_KEY) if isinstance(entries, dict) else None
+        else:
+            raw = baggage.get_baggage(BAGGAGE_KEY, ctx)
         if raw is not None:
             sid = self._trust.session_from_baggage(raw)
             if sid is not None:
                 return sid
-        parent = get_current_span(ctx)
-        if isinstance(parent, ReadableSpan):
+        if SPAN_CONTEXT_KEY is not None:
+            parent = ctx.get(SPAN_CONTEXT_KEY)
+        else:
+            parent = get_current_span(ctx)
+        if type(parent) is SDK_SPAN_TYPE:
+            stamped = parent._attributes._dict.get(SESSION_ATTRIBUTE)  # type: ignore[union-attr]
+            if stamped is not None:
+                return stamped
+        elif isinstance(parent, ReadableSpan):
             attributes = parent.attributes
             if attributes:
                 stamped = attributes.get(SESSION_ATTRIBUTE)
@@ -88,7 +199,7 @@ class LucidicSpanProcessor(SpanProcessor):
         try:
             sid = self.session_for(parent_context)
             if sid is not None:
-                span.set_attributes({SESSION_ATTRIBUTE: sid, SEMCONV_SESSION_ATTRIBUTE: sid})
+                stamp(span, sid)
         except Exception:  # telemetry must never break the application
             self.failures += 1
             if self.failures == 1:

@@ -26,6 +26,7 @@ LifecycleRecord = Tuple[str, str, Dict[str, Any]]  # (kind, session_id, body)
 INIT = "session_init"
 END = "session_end"
 _JOURNAL_LIMIT = 100_000
+_REGISTRY_LIMIT = 10_000
 
 
 class LifecycleJournal:
@@ -100,8 +101,26 @@ class SessionRegistry:
                     self._journal.record(INIT, session_id, _init_body(session_id, name, fields))
                 return False
             self._sessions[session_id] = OpenSession(session_id, name, auto_end)
+            if len(self._sessions) > _REGISTRY_LIMIT:
+                self._prune()
         self._journal.record(INIT, session_id, _init_body(session_id, name, fields))
         return True
+
+    def _prune(self) -> None:
+        """Bound memory in services that open a session per request: forget ended sessions,
+        then the oldest that nothing will end automatically (their end stays idempotent at the
+        backend; only a duplicate end could follow)."""
+        for sid in [k for k, s in self._sessions.items() if s.ended]:
+            del self._sessions[sid]
+        excess = len(self._sessions) - _REGISTRY_LIMIT // 2
+        if excess > 0:
+            for sid in [k for k, s in self._sessions.items() if not s.auto_end][:excess]:
+                del self._sessions[sid]
+
+    def knows(self, session_id: str) -> bool:
+        """True for sessions this process opened (not ones it only joined through baggage)."""
+        with self._lock:
+            return session_id in self._sessions
 
     def is_open(self, session_id: str) -> bool:
         with self._lock:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Optional
+from typing import Optional, Tuple
 
 from lucidic_otel.config import Settings
 from lucidic_otel.ids import is_valid_session_id, verify_signed_session_id
@@ -30,23 +30,23 @@ class BaggageTrust:
     and an HMAC per span would be wasted work on the application thread.
     """
 
-    __slots__ = ("mode", "_secret", "_last_raw", "_last_result", "_rejected", "rejected_count")
+    __slots__ = ("mode", "_secret", "_last", "_rejected", "rejected_count")
 
     def __init__(self, settings: Settings) -> None:
         self.mode = settings.baggage_trust
         self._secret = settings.baggage_secret
-        self._last_raw: object = None
-        self._last_result: Optional[str] = None
+        # (raw, verdict) in one tuple, read and replaced whole: with two attributes, a thread
+        # could pair another thread's verdict with its own value.
+        self._last: Tuple[object, Optional[str]] = (None, None)
         self._rejected = itertools.count(1)
         self.rejected_count = 0
 
     def session_from_baggage(self, raw: object) -> Optional[str]:
         """The trusted session id carried by ``raw``, or None (and the rejection is counted)."""
-        if raw == self._last_raw and type(raw) is str:
-            result = self._last_result
-        else:
+        last_raw, result = self._last
+        if type(raw) is not str or raw != last_raw:
             result = self._judge(raw)
-            self._last_raw, self._last_result = raw, result
+            self._last = (raw, result)
         if result is None:
             self._reject(raw)
         return result
@@ -54,6 +54,8 @@ class BaggageTrust:
     def _judge(self, raw: object) -> Optional[str]:
         if self.mode == "ignore" or type(raw) is not str:
             return None
+        # W3C baggage properties (``id;prop=1``) are metadata, not part of the value.
+        raw = raw.partition(";")[0].strip()
         if self.mode == "signed":
             if self._secret is None:
                 return None
