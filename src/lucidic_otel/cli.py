@@ -679,7 +679,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         store = getattr(args, "store", None)
-        args.store = store_path_for(load_settings(), store)
+        if store is not None or args.command != "demo":  # the demo uses a temporary store
+            args.store = store_path_for(load_settings(), store)
         return args.handler(args)
     except SystemExit as exc:  # argparse: --help, --version, usage errors (already printed)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
