@@ -52,9 +52,24 @@ def new_session_id() -> str:
     return str(uuid.uuid4())
 
 
+_EVENT_NAMESPACE_BYTES = _EVENT_NAMESPACE.bytes
+
+
 def event_id(trace_id: int, span_id: int) -> str:
-    """The backend event id of the span ``(trace_id, span_id)``: a UUIDv5, stable forever."""
-    return str(uuid.uuid5(_EVENT_NAMESPACE, f"{trace_id:032x}{span_id:016x}"))
+    """The backend event id of the span ``(trace_id, span_id)``: a UUIDv5, stable forever.
+
+    Equal to ``uuid.uuid5(namespace, hex ids)``, computed directly because it runs on the
+    export thread for every span.
+    """
+    digest = bytearray(
+        hashlib.sha1(
+            _EVENT_NAMESPACE_BYTES + f"{trace_id:032x}{span_id:016x}".encode("ascii")
+        ).digest()[:16]
+    )
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def sign_session_id(session_id: str, secret: bytes) -> str:
