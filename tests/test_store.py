@@ -326,7 +326,7 @@ def test_two_processes_write_at_once_without_lock_errors(tmp_path: Path) -> None
         for tag in ("alpha", "beta")
     ]
     outputs = [p.communicate(timeout=60) for p in procs]
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
         assert "locked" not in err and "lucidic-otel" not in err, err
         stats = json.loads(out)

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from lucidic_otel.config import get_settings
 from lucidic_otel.processor import PROCESS_SESSION, LucidicSpanProcessor
-from lucidic_otel.propagation import env_has_carrier, extract_env
+from lucidic_otel.propagation import env_has_carrier, extract_env, withhold_session_baggage
 from lucidic_otel.shutdown import install_exit_handlers
 
 logger = logging.getLogger("lucidic_otel")
@@ -96,6 +96,8 @@ def after_sdk_ready() -> bool:
                 return False
             _ready = True
             _warn_if_baggage_off()
+            if not get_settings().propagate:
+                withhold_session_baggage()
             install_exit_handlers()
             _join_environment()
         except Exception:

@@ -144,6 +144,17 @@ class _Reader:
             return None
         return value
 
+    def secret(self, name: str) -> Optional[str]:
+        """A credential: printable ASCII with no spaces, else refused without showing it."""
+        value = self.raw(name)
+        if value is not None and not (value.isascii() and value.isprintable() and " " not in value):
+            self.problems.append(
+                f"{name} is not valid: it contains spaces, line breaks or non-ASCII characters "
+                "(the value is not shown); delivery to Lucidic is disabled"
+            )
+            return None
+        return value
+
     def text(self, name: str, max_len: int = 1024) -> Optional[str]:
         value = self.raw(name)
         if value is not None and (len(value) > max_len or not value.isprintable()):
@@ -165,7 +176,8 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
     strict = r.boolean("LUCIDIC_STRICT", False)
     trust = r.choice("LUCIDIC_BAGGAGE_TRUST", "accept", TRUST_MODES)
     secret_text = r.raw("LUCIDIC_BAGGAGE_SECRET")
-    secret = secret_text.encode("utf-8") if secret_text else None
+    # surrogateescape gives back the exact bytes of a secret that is not valid UTF-8.
+    secret = secret_text.encode("utf-8", "surrogateescape") if secret_text else None
     if trust == "signed" and (secret is None or len(secret) < 16):
         r.problems.append(
             "LUCIDIC_BAGGAGE_TRUST=signed needs LUCIDIC_BAGGAGE_SECRET set to a shared secret of "
@@ -181,8 +193,14 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
     resolved_url = (base_url or REGION_BASE_URLS[region]).rstrip("/")
 
     store_path_text = r.raw("LUCIDIC_STORE_PATH")
+    store_path: Optional[Path] = None
+    if store_path_text:
+        try:
+            store_path = Path(store_path_text).expanduser()
+        except (RuntimeError, ValueError):  # "~unknown-user/..." or a NUL byte
+            r.bad("LUCIDIC_STORE_PATH", store_path_text, "a file path", "the default location")
     settings = Settings(
-        api_key=r.raw("LUCIDIC_API_KEY"),
+        api_key=r.secret("LUCIDIC_API_KEY"),
         agent_id=r.text("LUCIDIC_AGENT_ID", 256),
         session_id=r.session_id("LUCIDIC_SESSION_ID"),
         session_name=r.text("LUCIDIC_SESSION_NAME", 1024),
@@ -193,7 +211,7 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
         flush_on_sigterm=r.boolean("LUCIDIC_FLUSH_ON_SIGTERM", True),
         flush_on_fork_exit=r.boolean("LUCIDIC_FLUSH_ON_FORK_EXIT", True),
         capture_content=r.boolean("LUCIDIC_CAPTURE_CONTENT", True),
-        store_path=Path(store_path_text).expanduser() if store_path_text else None,
+        store_path=store_path,
         store_max_bytes=r.number("LUCIDIC_STORE_MAX_MB", 512, int, 1, 1_000_000, "megabytes")
         * 1024
         * 1024,

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from lucidic_otel import sender
 from lucidic_otel.config import Settings, get_settings
 from lucidic_otel.context import SESSION_ATTRIBUTE
 from lucidic_otel.events import llm_summary, span_to_event
@@ -50,6 +51,13 @@ def strip_content(attributes: Mapping[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in attributes.items() if not k.startswith(CONTENT_ATTRIBUTE_PREFIXES)}
 
 
+def _copy(attributes: Mapping[str, Any]) -> Dict[str, Any]:
+    """A plain dict of ``attributes``; the SDK's proxy has a C-level ``copy``, much cheaper."""
+    copy = getattr(attributes, "copy", None)
+    result = copy() if copy is not None else None
+    return result if type(result) is dict else dict(attributes)
+
+
 _SPAN_KINDS = ("INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 
 
@@ -71,7 +79,12 @@ class LucidicSpanExporter(SpanExporter):
         self._journal = journal
         self._lock = threading.Lock()
         self._shutdown = False
+        self._last_resource: object = None
+        self._last_resource_attributes: Dict[str, Any] = {}
         self.failures = 0
+        if self._settings.delivery_enabled:
+            # Lifecycle records still in memory at exit are written before the last delivery.
+            sender.register_flush(self.force_flush)
 
     @property
     def store(self) -> Store:
@@ -79,15 +92,35 @@ class LucidicSpanExporter(SpanExporter):
             with self._lock:
                 if self._store is None:
                     path = self._settings.store_path or default_store_path(os.environ)
-                    self._store = Store(path, max_bytes=self._settings.store_max_bytes)
+                    self._store = Store(
+                        path,
+                        max_bytes=self._settings.store_max_bytes,
+                        delivery_enabled=self._settings.delivery_enabled,
+                    )
         return self._store
 
-    def _write_lifecycle(self) -> None:
-        for kind, session_id, body in self._journal.drain():
+    def _write_lifecycle(self) -> int:
+        records = self._journal.drain()
+        for kind, session_id, body in records:
             if kind == INIT:
                 self.store.record_session_init(session_id, body)
             elif kind == END:
                 self.store.record_session_end(session_id, body)
+        return len(records)
+
+    def _wake_sender(self) -> None:
+        """Delivery runs on the sender's threads; this only wakes it (cheap)."""
+        if self._settings.delivery_enabled:
+            sender.notify(self.store, self._settings)
+
+    def _resource_attributes(self, span: ReadableSpan) -> Dict[str, Any]:
+        """One dict per Resource object: every span of a process shares it, and the store
+        encodes a resource once per batch only when it sees the same dict again."""
+        resource = span.resource
+        if resource is not self._last_resource:
+            self._last_resource = resource
+            self._last_resource_attributes = dict(resource.attributes) if resource else {}
+        return self._last_resource_attributes
 
     def _record(self, span: ReadableSpan, pid: int) -> tuple[SpanRecord, Optional[dict]]:
         ctx = span.context
@@ -97,14 +130,14 @@ class LucidicSpanExporter(SpanExporter):
         event = None
         if session_id is not None:
             event = span_to_event(span, str(session_id), None, capture_content=capture)
-        stored_attributes = dict(attributes) if capture else strip_content(attributes)
+        stored_attributes = _copy(attributes) if capture else strip_content(attributes)
         summary = (
             llm_summary(span)
             if event is not None and event.get("type") == "llm_generation"
             else None
         )
         parent = span.parent
-        resource = span.resource.attributes if span.resource is not None else {}
+        resource = self._resource_attributes(span)
         status = span.status
         record = SpanRecord(
             trace_id=f"{ctx.trace_id:032x}",
@@ -130,8 +163,10 @@ class LucidicSpanExporter(SpanExporter):
                 }
                 for e in span.events
             ],
-            resource=dict(resource),
-            event_id=event_id(ctx.trace_id, ctx.span_id),
+            resource=resource,
+            event_id=event["client_event_id"]
+            if event is not None
+            else event_id(ctx.trace_id, ctx.span_id),
             event_type=event.get("type") if event is not None else None,
             model=summary.get("model") if summary else None,
             input_tokens=summary.get("input_tokens") if summary else None,
@@ -154,6 +189,7 @@ class LucidicSpanExporter(SpanExporter):
                 if event is not None:
                     events.append(event)
             self.store.write_batch(records, events)
+            self._wake_sender()
             return SpanExportResult.SUCCESS
         except Exception:
             self.failures += 1
@@ -162,7 +198,8 @@ class LucidicSpanExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         try:
-            self._write_lifecycle()
+            if self._write_lifecycle():
+                self._wake_sender()
             return True
         except Exception:
             logger.exception("lucidic-otel: could not store session lifecycle records")

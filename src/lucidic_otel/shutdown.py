@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Set
 
 from opentelemetry import trace
 
@@ -27,6 +27,7 @@ logger = logging.getLogger("lucidic_otel")
 _installed = False
 _exit_hooks: list[Callable[[float], None]] = []
 _original_os_exit: Optional[Callable[[int], Any]] = None
+_mask_before_fork: Optional[Set[int]] = None
 
 
 def add_exit_hook(hook: Callable[[float], None]) -> None:
@@ -67,18 +68,101 @@ def _bounded(fn: Callable[[], None], seconds: float) -> None:
     worker.join(seconds)
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    settings = get_settings()
+# Code that may hold, on the interrupted main thread, a lock the flush needs: the SDK's
+# processors and exporters (a BatchSpanProcessor export holds a non-reentrant lock), our
+# export path, logging's handler locks and the import lock.
+_LOCK_HOLDING_MODULES = (
+    "opentelemetry.sdk",
+    "opentelemetry.exporter",
+    "lucidic_otel.sessions",
+    "lucidic_otel.exporter",
+    "lucidic_otel.store",
+    "lucidic_otel.sender",
+    "lucidic_otel.backend",
+    "logging",
+    "importlib._bootstrap",
+)
+_MAX_FRAMES = 500
 
-    def work() -> None:
-        finish()
-        _shutdown_provider()
 
-    _bounded(work, settings.exit_deadline_s + 5.0)
+def _interrupted_inside_telemetry(frame: Any) -> bool:
+    """True when the signal stopped the main thread inside code that may hold a flush lock.
+
+    Then the handler must not wait for the flush: the flush would wait for that very lock,
+    which the main thread only releases once the handler returns (observed: a spawn pool
+    worker that was flushing at exit when ``Pool.terminate()`` sent SIGTERM hung for the whole
+    deadline and lost the batch it was exporting).
+    """
+    for _ in range(_MAX_FRAMES):
+        if frame is None:
+            return False
+        module = frame.f_globals.get("__name__", "")
+        if module.startswith(_LOCK_HOLDING_MODULES) or (
+            module == __name__ and frame.f_code.co_name in ("finish", "_flushing_exit")
+        ):
+            return True
+        frame = frame.f_back
+    return False
+
+
+class _SigtermState:
+    """Whether a SIGTERM is being handled, and whether its flush is done (reset at fork)."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.flushed = threading.Event()
+
+
+_sigterm = _SigtermState()
+# The pid whose fork hooks have all run. In a child that is still running them, the batch
+# processors may still hold the parent's queued spans (observed: an idle pool worker that
+# ``Pool.terminate()`` signalled while it was being forked exported its parent's spans again).
+_ready_pid = os.getpid()
+
+
+def _finish_and_shut_down() -> None:
+    finish()
+    _shutdown_provider()
+
+
+def _die_of(signum: int) -> None:
+    """End the process with ``signum`` as its status, as the default disposition would."""
     signal.signal(signum, signal.SIG_DFL)
-    if os.getpid() == 1:
+    if os.getpid() == 1:  # PID 1 ignores a default-action signal sent to itself
         os._exit(128 + signum)
     os.kill(os.getpid(), signum)
+
+
+def _flush_then_resignal(signum: int, seconds: float) -> None:
+    _bounded(_finish_and_shut_down, seconds)
+    _sigterm.flushed.set()
+    os.kill(os.getpid(), signum)  # back on the main thread, the handler now ends the process
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    if os.getpid() != _ready_pid:
+        _die_of(signum)  # a child still being forked has no spans of its own to flush
+        return
+    if _sigterm.flushed.is_set():
+        _die_of(signum)
+        return
+    if _sigterm.started:
+        return  # a repeated signal while the first one is being handled
+    _sigterm.started = True
+    seconds = get_settings().exit_deadline_s + 5.0
+    if _interrupted_inside_telemetry(frame):
+        # Let the main thread finish what it holds; the helper flushes once the lock is free
+        # and signals again.
+        threading.Thread(
+            target=_flush_then_resignal,
+            args=(signum, seconds),
+            name="lucidic-sigterm",
+            daemon=True,
+        ).start()
+        return
+    _bounded(_finish_and_shut_down, seconds)
+    _sigterm.flushed.set()
+    _die_of(signum)
 
 
 def _flushing_exit(status: int) -> Any:
@@ -91,27 +175,68 @@ def _flushing_exit(status: int) -> Any:
     return _original_os_exit(status)
 
 
+def _hold_sigterm_across_fork() -> None:
+    """Block SIGTERM in the forking thread until the child's fork hooks have run.
+
+    CPython discards a signal that reaches a child between ``fork()`` and its after-fork
+    processing; with a Python handler installed (ours) instead of the default action, an idle
+    pool worker that ``Pool.terminate()`` signals at that moment never exits, and the parent
+    waits for it for ever (observed). Blocked, the signal waits in the kernel and is handled
+    once the child is ready. Forks are serialised by CPython's import lock, so one saved mask
+    is enough.
+    """
+    global _mask_before_fork
+    try:
+        _mask_before_fork = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    except (ValueError, OSError, AttributeError):
+        _mask_before_fork = None
+
+
+def _restore_signal_mask() -> None:
+    global _mask_before_fork
+    mask, _mask_before_fork = _mask_before_fork, None
+    if mask is not None:
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        except (ValueError, OSError):
+            pass
+
+
 def _after_fork_in_child() -> None:
-    global _original_os_exit
-    REGISTRY.after_fork()
-    if _original_os_exit is None:
-        _original_os_exit = os._exit
-        os._exit = _flushing_exit  # type: ignore[assignment]
+    """The parent's sessions and SIGTERM state are the parent's; the child's ``os._exit``
+    flushes first unless ``LUCIDIC_FLUSH_ON_FORK_EXIT=false``."""
+    global _original_os_exit, _sigterm, _ready_pid
+    _sigterm = _SigtermState()
+    try:
+        REGISTRY.after_fork()
+        if _original_os_exit is None and get_settings().flush_on_fork_exit:
+            _original_os_exit = os._exit
+            os._exit = _flushing_exit  # type: ignore[assignment]
+    finally:
+        _ready_pid = os.getpid()  # registered after the SDK's hooks, so it runs after them
+        _restore_signal_mask()  # a SIGTERM held back during the fork is handled now
 
 
 def install_exit_handlers() -> None:
-    """Install the atexit finisher, the SIGTERM handler and the fork hook, once."""
-    global _installed
+    """Install the atexit finisher, the SIGTERM handler and the fork hooks, once."""
+    global _installed, _ready_pid
     if _installed:
         return
     _installed = True
+    _ready_pid = os.getpid()
     settings = get_settings()
     atexit.register(finish)
+    handler = False
     if settings.flush_on_sigterm and threading.current_thread() is threading.main_thread():
         try:
             if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
                 signal.signal(signal.SIGTERM, _on_sigterm)
+                handler = True
         except (ValueError, OSError, AttributeError):
             logger.debug("lucidic-otel: could not install the SIGTERM handler", exc_info=True)
-    if settings.flush_on_fork_exit and hasattr(os, "register_at_fork"):
+    if hasattr(os, "register_at_fork"):
+        if handler and hasattr(signal, "pthread_sigmask"):
+            os.register_at_fork(
+                before=_hold_sigterm_across_fork, after_in_parent=_restore_signal_mask
+            )
         os.register_at_fork(after_in_child=_after_fork_in_child)

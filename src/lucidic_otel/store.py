@@ -336,6 +336,19 @@ _SCHEMA = (
         WHERE kind = 'session_init' AND state = 'pending'""",
 )
 
+# Added after schema version 1 shipped: created with IF NOT EXISTS on every open, so files
+# written before them gain them without a version bump. The index serves the sender's walk up
+# a trace to an event's nearest ancestor event; the aliases keep the session id the backend
+# assigned in answer to ``initsession`` (contract: adopt it), across processes and restarts.
+_SCHEMA_ADDITIONS = (
+    "CREATE INDEX IF NOT EXISTS spans_trace ON spans(trace_id, span_id)",
+    """CREATE TABLE IF NOT EXISTS session_aliases (
+        session_id TEXT PRIMARY KEY,
+        backend_session_id TEXT NOT NULL
+    ) WITHOUT ROWID""",
+)
+_MAX_ANCESTOR_DEPTH = 256
+
 _INSERT_SPAN = (
     "INSERT INTO spans (session_no, resource_id, trace_id, span_id, parent_span_id, name, kind,"
     " service, pid, start_ns, end_ns, status_code, status_message, attributes, events, event_id,"
@@ -398,6 +411,19 @@ _CLAIMABLE = f"""
             WHERE p.session_id = o.session_id AND p.kind = 'session_init'
               AND p.state = 'pending' AND p.seq < o.seq))
     ORDER BY o.seq LIMIT ?
+"""
+# When the next item becomes claimable, ignoring items held back by ordering (their blockers
+# are pending too and are counted instead).
+_NEXT_DUE = """
+    SELECT min(max(o.next_attempt_at, o.lease_until)) FROM outbox AS o
+    WHERE o.state = 'pending'
+      AND NOT (o.kind = 'session_end' AND EXISTS (
+            SELECT 1 FROM outbox AS p
+            WHERE p.session_id = o.session_id AND p.state = 'pending' AND p.seq < o.seq))
+      AND NOT (o.kind = 'event' AND EXISTS (
+            SELECT 1 FROM outbox AS p
+            WHERE p.session_id = o.session_id AND p.kind = 'session_init'
+              AND p.state = 'pending' AND p.seq < o.seq))
 """
 _SPAN_COLUMNS = (
     "s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.service, s.pid, s.start_ns,"
@@ -549,9 +575,18 @@ class Store:
     is opened until the first call.
     """
 
-    def __init__(self, path: os.PathLike[str] | str, *, max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(
+        self,
+        path: os.PathLike[str] | str,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        delivery_enabled: bool = True,
+    ):
         self._path = Path(path)
         self._max_bytes = max(int(max_bytes), _MIN_MAX_BYTES)
+        # Without delivery (no API key) the outbox is just the local store: nothing is "waiting",
+        # so reaching the cap is routine housekeeping, reported at info level, not a warning.
+        self._delivery_enabled = bool(delivery_enabled)
         self._state_lock = threading.Lock()
         self._mem_lock = threading.Lock()
         self._local = threading.local()
@@ -576,6 +611,10 @@ class Store:
     @property
     def max_bytes(self) -> int:
         return self._max_bytes
+
+    @property
+    def delivery_enabled(self) -> bool:
+        return self._delivery_enabled
 
     # ------------------------------------------------------------------ writes
 
@@ -798,6 +837,99 @@ class Store:
             return [_outbox_item(row) for row in rows]
 
         return self._guarded("failed_items", lambda: self._transact(read, write=False), [])
+
+    # ------------------------------------------------------------------ sender support
+
+    def next_due_at(self) -> Optional[float]:
+        """The earliest time a pending item not held back by ordering can be claimed.
+
+        That is the latest of its retry time and its lease; None when nothing is pending. The
+        sender sleeps until then instead of polling, and knows when a drain can stop.
+        """
+
+        def read(conn: sqlite3.Connection) -> Optional[float]:
+            row = conn.execute(_NEXT_DUE).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return self._guarded("next_due_at", lambda: self._transact(read, write=False), None)
+
+    def make_due(self) -> int:
+        """Make every pending item due now (``lucidic-otel upload``: the user asked for it);
+        leases are left alone. Returns how many items were rescheduled."""
+
+        def apply(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE outbox SET next_attempt_at = 0 WHERE state = 'pending'"
+                " AND next_attempt_at > 0"
+            ).rowcount
+
+        return self._guarded("make_due", lambda: self._transact(apply, write=True), 0)
+
+    def nearest_event_ancestors(
+        self, starts: Sequence[Tuple[str, Optional[str]]]
+    ) -> List[Optional[str]]:
+        """For each ``(trace_id, parent_span_id)``, the event id of the nearest span up that
+        chain (the parent itself first) that is an event, or None.
+
+        Walks the spans stored by every process of this store, so a parent recorded by another
+        service on the machine counts; the walk stops at a span that is not stored (not ended
+        yet, or never seen here). One read transaction for the whole list.
+        """
+
+        def read(conn: sqlite3.Connection) -> List[Optional[str]]:
+            found: List[Optional[str]] = []
+            for trace_id, span_id in starts:
+                result = None
+                seen = 0
+                while span_id and seen < _MAX_ANCESTOR_DEPTH:
+                    seen += 1
+                    row = conn.execute(
+                        "SELECT parent_span_id, event_type, event_id FROM spans"
+                        " WHERE trace_id = ? AND span_id = ? LIMIT 1",
+                        (trace_id, span_id),
+                    ).fetchone()
+                    if row is None:
+                        break
+                    if row[1] is not None and row[2]:
+                        result = row[2]
+                        break
+                    span_id = row[0]
+                found.append(result)
+            return found
+
+        nothing: List[Optional[str]] = [None] * len(starts)
+        return self._guarded(
+            "nearest_event_ancestors", lambda: self._transact(read, write=False), nothing
+        )
+
+    def set_session_alias(self, session_id: str, backend_session_id: str) -> bool:
+        """Remember that the backend calls ``session_id`` ``backend_session_id`` from now on."""
+        sql = (
+            "INSERT OR REPLACE INTO session_aliases (session_id, backend_session_id)"
+            " VALUES (?, ?)"
+        )
+        return self._update("set_session_alias", sql, [(session_id, backend_session_id)])
+
+    def session_aliases(self, session_ids: Sequence[str]) -> Dict[str, str]:
+        """The backend's ids for those of ``session_ids`` it renamed (others are absent)."""
+        wanted = sorted(set(session_ids))
+
+        def read(conn: sqlite3.Connection) -> Dict[str, str]:
+            aliases: Dict[str, str] = {}
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                for sid, backend_id in conn.execute(
+                    "SELECT session_id, backend_session_id FROM session_aliases"
+                    f" WHERE session_id IN ({marks})",
+                    chunk,
+                ):
+                    aliases[sid] = backend_id
+            return aliases
+
+        if not wanted:
+            return {}
+        return self._guarded("session_aliases", lambda: self._transact(read, write=False), {})
 
     # ------------------------------------------------------------------ CLI reads
 
@@ -1200,6 +1332,8 @@ class Store:
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            for statement in _SCHEMA_ADDITIONS:
+                conn.execute(statement)
 
         _in_transaction(conn, create, True)
 
@@ -1344,6 +1478,16 @@ class Store:
             return
         with self._state_lock:
             self._drop_unreported = [0, 0, 0]
+        if not self._delivery_enabled:
+            logger.info(
+                "lucidic-otel: the local store %s reached its cap of %.1f MB (%s): removed the "
+                "oldest %d spans and %d records (about %s). Delivery is off (no "
+                "LUCIDIC_API_KEY/LUCIDIC_AGENT_ID), so this is a local store only; raise %s to "
+                "keep more history.",
+                self._path, self._cap() / 1048576, MAX_MB_VARIABLE, spans, items, _human(nbytes),
+                MAX_MB_VARIABLE,
+            )
+            return
         logger.warning(
             "lucidic-otel: the local store %s reached its cap of %.1f MB (%s) while holding "
             "undelivered data: dropped the oldest %d spans of undelivered sessions and %d "
@@ -1369,6 +1513,8 @@ class Store:
             self._warn_undelivered(undelivered, cap)
 
     def _warn_undelivered(self, undelivered: int, cap: int) -> None:
+        if not self._delivery_enabled:
+            return  # a local store only: nothing is waiting for delivery
         if self._may_warn("undelivered", _UNDELIVERED_WARN_INTERVAL_S):
             logger.warning(
                 "lucidic-otel: about %s of undelivered data is waiting in the local store %s, "
@@ -1412,7 +1558,7 @@ def _bind(
 def _open_memory() -> sqlite3.Connection:
     conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-    for statement in _SCHEMA:
+    for statement in _SCHEMA + _SCHEMA_ADDITIONS:
         conn.execute(statement)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     return conn
@@ -1475,6 +1621,7 @@ def _evict_settled_chunk(conn: sqlite3.Connection, need: int) -> Tuple[int, int]
             "DELETE FROM outbox WHERE session_id = ? AND state = 'delivered'", (session_id,)
         ).rowcount
         conn.execute("DELETE FROM session_services WHERE session_no = ?", (no,))
+        conn.execute("DELETE FROM session_aliases WHERE session_id = ?", (session_id,))
         removed += conn.execute("DELETE FROM sessions WHERE no = ?", (no,)).rowcount
     elif sessionless is not None:
         removed, _ = _delete_oldest(conn, "spans", "id", "session_no IS NULL", (), need)

