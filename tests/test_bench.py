@@ -38,7 +38,7 @@ from lucidic_otel.processor import PROCESS_SESSION, LucidicSpanProcessor, stamp
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-TIMEOUT_S = 120
+TIMEOUT_S = 240
 
 # --- 1. the bench scripts ------------------------------------------------------------------
 
@@ -83,6 +83,9 @@ SCRIPTS = {
         "ratio lucidic/otlp",
         "targets (median ratio)",
     ],
+    "faults.py": ["== faults ==", "machine: ", "lost in total: 0", "checks: ok"],
+    "app_latency.py": ["== app latency ==", "machine: ", "targets (p99 ratio", "checks: ok"],
+    "reliability.py": ["== reliability ==", "machine: ", "targets: 0 lost", "checks: ok"],
 }
 
 
