@@ -41,6 +41,9 @@ class LifecycleJournal:
         self._lock = threading.Lock()
         self._limit = limit
         self.dropped = 0
+        #: Set by the ``lucidic`` exporter: stores waiting records now instead of at its next
+        #: export, so a session end does not wait for the next span of a quiet service.
+        self.flusher: Optional[Callable[[], Any]] = None
 
     def record(self, kind: str, session_id: str, body: Dict[str, Any]) -> None:
         with self._lock:
@@ -242,6 +245,12 @@ class _Ender:
         flush_spans()
         for session_id, body in batch:
             self._journal.record(END, session_id, body)
+        flusher = self._journal.flusher
+        if flusher is not None:
+            try:
+                flusher()
+            except Exception:
+                logger.exception("lucidic-otel: could not store session end records")
 
     def drain(self, timeout: float = 30.0) -> None:
         """Record every waiting end now (on the calling thread) and wait for one in flight."""
