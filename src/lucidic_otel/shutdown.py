@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import threading
-from typing import Any, Callable, Optional, Set
+from typing import Any, Callable, Optional
 
 from opentelemetry import trace
 
@@ -27,7 +27,6 @@ logger = logging.getLogger("lucidic_otel")
 _installed = False
 _exit_hooks: list[Callable[[float], None]] = []
 _original_os_exit: Optional[Callable[[int], Any]] = None
-_mask_before_fork: Optional[Set[int]] = None
 
 
 def add_exit_hook(hook: Callable[[float], None]) -> None:
@@ -136,7 +135,13 @@ def _die_of(signum: int) -> None:
 def _flush_then_resignal(signum: int, seconds: float) -> None:
     _bounded(_finish_and_shut_down, seconds)
     _sigterm.flushed.set()
-    os.kill(os.getpid(), signum)  # back on the main thread, the handler now ends the process
+    # Back on the main thread, the handler now ends the process. Sent to the main thread
+    # itself: a process-wide signal may land on this thread and leave a main thread that is
+    # blocked in a wait (a pool worker on its queue) asleep, with the handler never run.
+    try:
+        signal.pthread_kill(threading.main_thread().ident or 0, signum)
+    except (AttributeError, ValueError, OSError):
+        os.kill(os.getpid(), signum)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -175,33 +180,6 @@ def _flushing_exit(status: int) -> Any:
     return _original_os_exit(status)
 
 
-def _hold_sigterm_across_fork() -> None:
-    """Block SIGTERM in the forking thread until the child's fork hooks have run.
-
-    CPython discards a signal that reaches a child between ``fork()`` and its after-fork
-    processing; with a Python handler installed (ours) instead of the default action, an idle
-    pool worker that ``Pool.terminate()`` signals at that moment never exits, and the parent
-    waits for it for ever (observed). Blocked, the signal waits in the kernel and is handled
-    once the child is ready. Forks are serialised by CPython's import lock, so one saved mask
-    is enough.
-    """
-    global _mask_before_fork
-    try:
-        _mask_before_fork = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    except (ValueError, OSError, AttributeError):
-        _mask_before_fork = None
-
-
-def _restore_signal_mask() -> None:
-    global _mask_before_fork
-    mask, _mask_before_fork = _mask_before_fork, None
-    if mask is not None:
-        try:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        except (ValueError, OSError):
-            pass
-
-
 def _after_fork_in_child() -> None:
     """The parent's sessions and SIGTERM state are the parent's; the child's ``os._exit``
     flushes first unless ``LUCIDIC_FLUSH_ON_FORK_EXIT=false``."""
@@ -214,11 +192,10 @@ def _after_fork_in_child() -> None:
             os._exit = _flushing_exit  # type: ignore[assignment]
     finally:
         _ready_pid = os.getpid()  # registered after the SDK's hooks, so it runs after them
-        _restore_signal_mask()  # a SIGTERM held back during the fork is handled now
 
 
 def install_exit_handlers() -> None:
-    """Install the atexit finisher, the SIGTERM handler and the fork hooks, once."""
+    """Install the atexit finisher, the SIGTERM handler and the fork hook, once."""
     global _installed, _ready_pid
     if _installed:
         return
@@ -226,17 +203,11 @@ def install_exit_handlers() -> None:
     _ready_pid = os.getpid()
     settings = get_settings()
     atexit.register(finish)
-    handler = False
     if settings.flush_on_sigterm and threading.current_thread() is threading.main_thread():
         try:
             if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
                 signal.signal(signal.SIGTERM, _on_sigterm)
-                handler = True
         except (ValueError, OSError, AttributeError):
             logger.debug("lucidic-otel: could not install the SIGTERM handler", exc_info=True)
     if hasattr(os, "register_at_fork"):
-        if handler and hasattr(signal, "pthread_sigmask"):
-            os.register_at_fork(
-                before=_hold_sigterm_across_fork, after_in_parent=_restore_signal_mask
-            )
         os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -501,6 +501,8 @@ def run(method, carry, tasks):
             codes = [p.exitcode for p in procs]
             with ctx.Pool(2) as pool:
                 pool.map(fn, [f"pool-{i}" for i in range(tasks)])
+                pool.close()  # let workers finish (see run_workers: terminate() can hang)
+                pool.join()
             with ProcessPoolExecutor(2, mp_context=ctx) as executor:
                 list(executor.map(fn, [f"executor-{i}" for i in range(tasks)]))
     print("EXITCODES", codes, flush=True)
@@ -535,6 +537,12 @@ def run_workers(
     ``carry`` wraps the work in ``lucidic_otel.carry_context``; ``plain`` does not (then only
     fork children can know the session; the others' spans must still be stored, unstamped).
     The program never calls ``flush``: children's spans must survive their exit on their own.
+
+    The pool is closed and joined before ``with`` ends, so its workers exit on their own rather
+    than by ``Pool.terminate()``'s SIGTERM: with any Python-level SIGTERM handler in the parent
+    (ours, or a two-line one in a script without lucidic-otel), CPython's fork pool sometimes
+    never reaps a terminated worker and ``terminate()`` waits for ever (reported; about one pool
+    in a few hundred on a loaded 2-core machine).
     """
     workdir = _fresh_dir(workdir)
     app = write_script(workdir, "workers_app.py", WORKERS_APP)
