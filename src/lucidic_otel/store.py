@@ -1238,6 +1238,9 @@ class Store:
         the file is unusable. Raises ``_BadDataError`` or ``_UnavailableError``."""
         attempt = 0
         for _ in range(len(_LOCK_RETRY_DELAYS) + 3):
+            # The mode this attempt used: another thread may switch to memory meanwhile, and
+            # then this batch must be retried there, not reported as lost.
+            mode = self._mode
             try:
                 with self._connection() as conn:
                     return _in_transaction(conn, fn, write)
@@ -1247,8 +1250,9 @@ class Store:
                     time.sleep(_LOCK_RETRY_DELAYS[attempt] * (0.5 + random.random()))
                     attempt += 1
                     continue
-                if kind == "fatal" and self._mode == "file":
-                    self._switch_to_memory(exc)
+                if kind == "fatal" and mode == "file":
+                    if self._mode == "file":
+                        self._switch_to_memory(exc)
                     continue
                 if kind == "data":
                     raise _BadDataError(str(exc)) from exc
