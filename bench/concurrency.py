@@ -26,14 +26,14 @@ import asyncio
 import functools
 import gc
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from importlib import metadata
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from _machine import machine_lines as _machine_lines  # noqa: E402
 
 # The bench's own settings, before lucidic_otel reads any: no developer shell config leaks in.
 for _name in [n for n in os.environ if n.startswith("LUCIDIC_")]:
@@ -62,29 +62,8 @@ THREADS = 32
 
 
 def machine_lines() -> List[str]:
-    """The machine and the versions, for the header of every bench."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    return [
-        f"machine: {model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
-        f"python: {platform.python_implementation()} {platform.python_version()}; "
-        f"opentelemetry-sdk {version('opentelemetry-sdk')}, "
-        f"lucidic-otel {version('lucidic-otel')}",
-    ]
+    """The machine and the versions, for the header of this bench."""
+    return _machine_lines()
 
 
 class CheckingExporter(SpanExporter):

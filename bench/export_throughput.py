@@ -29,49 +29,29 @@ import gc
 import http.server
 import json
 import os
-import platform
 import random
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from _machine import machine_lines as _machine_lines  # noqa: E402
 
 BATCH = 512
 TARGET_RATIO = 1.0
 
 
 def machine_lines() -> List[str]:
-    """The machine and the versions, for the header of every bench."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    import sqlite3
-
-    return [
-        f"machine: {model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
-        f"python: {platform.python_implementation()} {platform.python_version()}; "
-        f"opentelemetry-sdk {version('opentelemetry-sdk')}, "
-        f"otlp-proto-http exporter {version('opentelemetry-exporter-otlp-proto-http')}, "
-        f"protobuf {version('protobuf')}, SQLite {sqlite3.sqlite_version}, "
-        f"lucidic-otel {version('lucidic-otel')}",
-    ]
+    """The machine and the versions, for the header of this bench."""
+    return _machine_lines(
+        "opentelemetry-exporter-otlp-proto-http",
+        "protobuf",
+        extras=[f"SQLite {sqlite3.sqlite_version}"],
+    )
 
 
 # --- the receiver (runs in a child process: python export_throughput.py --serve) ------------

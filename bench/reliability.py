@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
+
+from _machine import machine_lines as _machine_lines  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -50,29 +50,8 @@ NAME_WIDTH = 44
 
 
 def machine_lines() -> List[str]:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    return [
-        f"machine: {model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
-        f"python: {platform.python_implementation()} {platform.python_version()}; "
-        f"opentelemetry-sdk {version('opentelemetry-sdk')}, "
-        f"lucidic-otel {version('lucidic-otel')}, uvicorn {version('uvicorn')}, "
-        f"gunicorn {version('gunicorn')}",
-    ]
+    """The machine and the versions, for the header of this bench."""
+    return _machine_lines("uvicorn", "gunicorn")
 
 
 class Table:

@@ -31,15 +31,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import platform
 import statistics
 import sys
 import threading
 import time
-from importlib import metadata
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from _machine import machine_lines as _machine_lines  # noqa: E402
 from opentelemetry import baggage, trace
 from opentelemetry.context import Context, attach, detach, set_value
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
@@ -55,30 +53,8 @@ STRETCH_RATIO = 1.05
 
 
 def machine_lines() -> List[str]:
-    """The machine and the versions, for the header of every bench."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    return [
-        f"machine: {model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
-        f"python: {platform.python_implementation()} {platform.python_version()}; "
-        f"opentelemetry-sdk {version('opentelemetry-sdk')}, "
-        f"opentelemetry-processor-baggage {version('opentelemetry-processor-baggage')}, "
-        f"lucidic-otel {version('lucidic-otel')}",
-    ]
+    """The machine and the versions, for the header of this bench."""
+    return _machine_lines("opentelemetry-processor-baggage")
 
 
 class NullExporter(SpanExporter):

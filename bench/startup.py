@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from _machine import machine_lines as _machine_lines  # noqa: E402
 
 BIN = Path(sys.executable).parent
 INSTRUMENT = BIN / "opentelemetry-instrument"
@@ -40,31 +40,8 @@ TARGET_RATIO = 1.15
 
 
 def machine_lines() -> List[str]:
-    """The machine and the versions, for the header of every bench."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    return [
-        f"machine: {model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
-        f"python: {platform.python_implementation()} {platform.python_version()}; "
-        f"opentelemetry-sdk {version('opentelemetry-sdk')}, "
-        f"opentelemetry-instrumentation {version('opentelemetry-instrumentation')}, "
-        f"opentelemetry-distro {version('opentelemetry-distro')}, "
-        f"lucidic-otel {version('lucidic-otel')}",
-    ]
+    """The machine and the versions, for the header of this bench."""
+    return _machine_lines("opentelemetry-instrumentation", "opentelemetry-distro")
 
 
 def clean_env(**overrides: str) -> Dict[str, str]:
