@@ -27,7 +27,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from support.launcher import clean_env
 
 import lucidic_otel
-from lucidic_otel import bootstrap
 from lucidic_otel.config import ConfigError, get_settings, reset_settings
 from lucidic_otel.context import BAGGAGE_KEY, SESSION_ATTRIBUTE, active_session
 from lucidic_otel.processor import PROCESS_SESSION, LucidicSpanProcessor
@@ -38,24 +37,8 @@ API_WARNINGS = "lucidic_otel"
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Fresh settings, no process default, a fresh processor, an empty journal and context."""
-    for name in list(os.environ):
-        if name.startswith("LUCIDIC_"):
-            monkeypatch.delenv(name)
-    reset_settings()
-    monkeypatch.setattr(PROCESS_SESSION, "session_id", None)
-    monkeypatch.setattr(bootstrap, "_processor", None)
-    REGISTRY.drain()
-    JOURNAL.drain()
-    token = attach(Context())
-    try:
-        yield
-    finally:
-        detach(token)
-        REGISTRY.drain()
-        JOURNAL.drain()
-        reset_settings()
+def _isolated(lucidic_state: None) -> None:
+    """Every test here starts from fresh package state (tests/conftest.py)."""
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ import hashlib
 import hmac
 import itertools
 import logging
-import os
 import re
 import subprocess
 from contextlib import contextmanager
@@ -37,7 +36,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from opentelemetry import baggage
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.context import Context, attach, detach
+from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -46,8 +45,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 import lucidic_otel
-from lucidic_otel import bootstrap
-from lucidic_otel.config import load_settings, reset_settings
+from lucidic_otel.config import load_settings
 from lucidic_otel.context import BAGGAGE_KEY, SEMCONV_SESSION_ATTRIBUTE, SESSION_ATTRIBUTE
 from lucidic_otel.processor import PROCESS_SESSION, LucidicSpanProcessor
 from lucidic_otel.sessions import JOURNAL, REGISTRY
@@ -481,20 +479,8 @@ def api_warnings() -> Iterator[List[str]]:
 
 
 @pytest.fixture
-def clean_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith("LUCIDIC_"):
-            monkeypatch.delenv(name)
-    reset_settings()
-    monkeypatch.setattr(bootstrap, "_processor", None)
-    token = attach(Context())
-    try:
-        yield
-    finally:
-        detach(token)
-        REGISTRY.drain()
-        JOURNAL.drain()
-        reset_settings()
+def clean_api(lucidic_state: None) -> None:
+    """Fresh package state (tests/conftest.py)."""
 
 
 _IDS = itertools.count(1)

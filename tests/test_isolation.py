@@ -7,23 +7,20 @@ the session only when the threading instrumentation moves the OTel context into 
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
-from opentelemetry.context import Context, attach, detach
 from opentelemetry.instrumentation.threading import ThreadingInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import lucidic_otel
-from lucidic_otel.config import get_settings, reset_settings
+from lucidic_otel.config import get_settings
 from lucidic_otel.context import SEMCONV_SESSION_ATTRIBUTE, SESSION_ATTRIBUTE, active_session
 from lucidic_otel.processor import PROCESS_SESSION, LucidicSpanProcessor
-from lucidic_otel.sessions import JOURNAL, REGISTRY
 
 TASKS = 1000
 SPANS_PER_TASK = 4  # request, step, the step's llm call, response
@@ -31,20 +28,8 @@ EXPECTED = "test.expected_session"
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith("LUCIDIC_"):
-            monkeypatch.delenv(name)
-    reset_settings()
-    monkeypatch.setattr(PROCESS_SESSION, "session_id", None)
-    token = attach(Context())
-    try:
-        yield
-    finally:
-        detach(token)
-        REGISTRY.drain()
-        JOURNAL.drain()
-        reset_settings()
+def _isolated(lucidic_state: None) -> None:
+    """Every test here starts from fresh package state (tests/conftest.py)."""
 
 
 class Pipeline:

@@ -20,7 +20,6 @@ never raises.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import threading
 from pathlib import Path
@@ -34,11 +33,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import lucidic_otel
-from lucidic_otel import bootstrap
 from lucidic_otel.config import get_settings, reset_settings
 from lucidic_otel.context import BAGGAGE_KEY, SESSION_ATTRIBUTE, active_session
 from lucidic_otel.processor import PROCESS_SESSION, LucidicSpanProcessor
-from lucidic_otel.sessions import JOURNAL, REGISTRY
 from lucidic_otel.store import Store
 from tests.support.scenarios import run_workers
 
@@ -106,21 +103,8 @@ def test_control_fork_children_lose_spans_without_the_exit_flush(tmp_path: Path)
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith("LUCIDIC_"):
-            monkeypatch.delenv(name)
-    reset_settings()
-    monkeypatch.setattr(PROCESS_SESSION, "session_id", None)
-    monkeypatch.setattr(bootstrap, "_processor", None)
-    token = attach(Context())
-    try:
-        yield
-    finally:
-        detach(token)
-        REGISTRY.drain()
-        JOURNAL.drain()
-        reset_settings()
+def _isolated(lucidic_state: None) -> None:
+    """Every test here starts from fresh package state (tests/conftest.py)."""
 
 
 class Pipeline:
