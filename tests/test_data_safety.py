@@ -28,26 +28,7 @@ from tests.support.scenarios import DATA_FAULTS, run_data_fault
 
 UNITS = 60
 
-# Two store.py races show up, in about a third of runs, when the file fails *mid-run* (reported
-# to the lead; remove these marks once fixed, the cases must then pass every time):
-# 1. a batch is dropped ("write_batch could not store N rows ... they are lost") when another
-#    thread switched the store to memory between this thread's failed file write and its
-#    ``self._mode == "file"`` check in ``Store._transact``;
-# 2. after the switch, the memory store has events of a session whose ``initsession`` is still
-#    pending in the file, so the sender delivers them first (contract violation "event ... before
-#    its initsession").
-MID_RUN_RACES = pytest.mark.xfail(
-    strict=False, reason="store.py fallback races (lost batch, events before initsession)"
-)
-CASES = [
-    pytest.param(fault, marks=MID_RUN_RACES)
-    if fault in ("disk full (tmpfs)", "file size limit")
-    else fault
-    for fault in DATA_FAULTS
-]
-
-
-@pytest.mark.parametrize("fault", CASES)
+@pytest.mark.parametrize("fault", DATA_FAULTS)
 def test_store_fault_warns_once_and_loses_nothing(tmp_path: Path, fault: str) -> None:
     run = run_data_fault(fault, tmp_path, units=UNITS)
     if not run.available:

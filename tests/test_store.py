@@ -730,6 +730,58 @@ def test_file_that_turns_read_only_degrades_to_memory(
     s.close()
 
 
+def test_switch_mid_run_carries_what_the_file_still_owes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "store.db"
+    s = Store(path)
+    init = s.record_session_init("s1", {"session_name": "carried"})
+    assert s.write_batch([span(0, "s1")], [event("s1", "e1")])
+    (in_flight,) = s.claim_pending(1, now=time.time())  # the sender holds the init
+    assert in_flight.seq == init
+    s._local.conn.execute("PRAGMA query_only=1")  # the file turns unwritable mid-run
+    with caplog.at_level(logging.WARNING, logger=STORE_LOGGER):
+        assert s.write_batch([span(1, "s1")], [event("s1", "e2")])
+    assert s.stats()["mode"] == "memory"
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == STORE_LOGGER]
+    assert "2 undelivered items and 1 open sessions were carried over" in warning, warning
+
+    # Events written before and after the switch still wait for the init in flight ...
+    assert s.claim_pending(10, now=time.time()) == []
+    assert s.mark_delivered([init])  # ... which the sender marks in memory (same seq)
+    events = s.claim_pending(10, now=time.time())
+    assert [i.key for i in events] == ["e1", "e2"]
+    assert s.mark_delivered([i.seq for i in events])
+    # The session opened before the switch can still be ended, after its events.
+    end = s.record_session_end("s1", {"is_successful": True})
+    assert end is not None and end > max(i.seq for i in events)
+    (last,) = s.claim_pending(10, now=time.time())
+    assert last.kind == "session_end" and s.mark_delivered([last.seq])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=STORE_LOGGER):
+        s.close()
+    assert "lost" not in caplog.text  # nothing is pending in memory
+    # The file still holds what it held, and the carried items delivered from memory were
+    # settled there too where the file allowed it (here it does: only the writer's connection
+    # was made read-only), so neither the next process nor `upload` sends them again. Nothing
+    # written after the switch went to the file.
+    with sqlite3.connect(str(path)) as conn:
+        rows = conn.execute("SELECT key, state FROM outbox ORDER BY seq").fetchall()
+    assert rows == [("s1", "delivered"), ("e1", "delivered")]
+
+
+def test_close_after_switch_counts_only_what_the_file_lacks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = Store(tmp_path / "store.db")
+    assert s.write_batch([], [event("s", "e1")])
+    s._local.conn.execute("PRAGMA query_only=1")
+    assert s.write_batch([], [event("s", "e2"), event("s", "e3")])
+    with caplog.at_level(logging.WARNING, logger=STORE_LOGGER):
+        s.close()
+    assert "2 undelivered outbox items" in caplog.text  # e1 is still in the file
+
+
 def test_store_from_a_newer_version_is_not_written(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -446,6 +446,27 @@ _SETTLED_SESSION = """
     ORDER BY s.updated_at, s.no LIMIT 1
 """
 
+# What a switch to the memory fallback carries over from the file (see Store._carry_into).
+_CARRY_OUTBOX = (
+    "SELECT seq, kind, session_id, key, body, nbytes, attempts, next_attempt_at, lease_until,"
+    " last_error, created_at, updated_at FROM outbox WHERE state = 'pending' ORDER BY seq"
+)
+_CARRIED_SESSION_COLUMNS = (
+    "session_id, initiated, name, task, meta, started_ns, last_end_ns, ended_ns, is_successful,"
+    " is_successful_reason, session_eval, session_eval_reason, span_count, llm_calls,"
+    " input_tokens, output_tokens, cost, updated_at"
+)
+# Sessions with pending items, and sessions opened here and not ended yet (their end must be
+# recordable in memory); filtered in Python against the carried items.
+_CARRY_SESSIONS = (
+    f"SELECT {_CARRIED_SESSION_COLUMNS} FROM sessions AS s"
+    " WHERE (s.initiated = 1 AND s.ended_ns IS NULL) OR EXISTS (SELECT 1 FROM outbox AS o"
+    " WHERE o.session_id = s.session_id AND o.state = 'pending')"
+)
+_CARRIED_SESSION_MARKS = ",".join("?" * len(_CARRIED_SESSION_COLUMNS.split(",")))
+_CARRY_ALIASES = "SELECT session_id, backend_session_id FROM session_aliases"
+_CARRY_TIMEOUT_S = 5.0
+
 
 # ------------------------------------------------------------------------------ errors
 
@@ -460,6 +481,10 @@ class _BadDataError(Exception):
 
 class _UnavailableError(Exception):
     """The operation could not be completed (lock held too long, memory store failed)."""
+
+
+class _SwitchedError(Exception):
+    """The store moved to memory while this transaction waited for the file; retry there."""
 
 
 def _classify(exc: BaseException) -> str:
@@ -602,6 +627,10 @@ class Store:
         self._checked_once = False
         self._last_warned: Dict[str, float] = {}
         self._drop_unreported = [0, 0, 0]  # spans, outbox items, bytes
+        self._carried_up_to = 0  # items up to this seq are in the file too (after a switch)
+        self._file_marks_lock = threading.Lock()
+        self._file_marks_conn: Optional[sqlite3.Connection] = None
+        self._file_marks_failures = 0
         _LIVE_STORES.add(self)
 
     @property
@@ -761,6 +790,7 @@ class Store:
             "UPDATE outbox SET state = 'delivered', lease_until = 0, last_error = NULL,"
             " updated_at = ? WHERE seq = ? AND state = 'pending'"
         )
+        self._mark_in_file_too(sql, rows)
         return self._update("mark_delivered", sql, rows)
 
     def mark_retry(self, seq: int, error: str, next_attempt_at: float) -> bool:
@@ -780,6 +810,7 @@ class Store:
             " WHERE seq = ? AND state = 'pending'"
         )
         row = (_text(reason)[:_MAX_TEXT] if reason else "failed", time.time(), int(seq))
+        self._mark_in_file_too(sql, [row])
         return self._update("mark_failed", sql, [row])
 
     def session_events_delivered(self, session_id: str, up_to_seq: int) -> bool:
@@ -1020,12 +1051,12 @@ class Store:
         A later call reopens lazily. In memory mode, says how many undelivered items are lost.
         """
         if self._mode == "memory" and self._mem_conn is not None:
-            pending = self.outbox_counts()[STATE_PENDING]
-            if pending:
+            lost = self._undelivered_only_in_memory()
+            if lost:
                 logger.warning(
                     "lucidic-otel: %d undelivered outbox items were kept in memory because the "
                     "local store %s could not be used; they are lost now",
-                    pending, self._path,
+                    lost, self._path,
                 )
         self._report_drops(force=True)
         if self._pid != os.getpid():
@@ -1036,9 +1067,21 @@ class Store:
             self._conns.clear()
             self._generation += 1
             mem, self._mem_conn = self._mem_conn, None
-        for conn in conns + ([mem] if mem is not None else []):
+            marks, self._file_marks_conn = self._file_marks_conn, None
+        for conn in conns + [c for c in (mem, marks) if c is not None]:
             with contextlib.suppress(Exception):
                 conn.close()
+
+    def _undelivered_only_in_memory(self) -> int:
+        """Pending items in memory that the file does not also hold (carried ones it does)."""
+
+        def read(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "SELECT count(*) FROM outbox WHERE state = 'pending' AND seq > ?",
+                (self._carried_up_to,),
+            ).fetchone()[0]
+
+        return self._guarded("close", lambda: self._transact(read, write=False), 0)
 
     def __enter__(self) -> Store:
         return self
@@ -1221,6 +1264,34 @@ class Store:
                 exc_info=_classify(cause) == "bug",
             )
 
+    def _mark_in_file_too(self, sql: str, rows: List[tuple]) -> None:
+        """After a switch to memory, also settle carried items in the file, if it lets us.
+
+        The file keeps every item it held at the switch, and the next process or
+        ``lucidic-otel upload`` would deliver the ones this process already delivered a second
+        time (same ids, so the backend can tell, but avoidable). Updating rows in place often
+        still works on a full disk or at a file-size limit (the WAL reuses its space); when it
+        does not, a few attempts are made and then the file is left alone.
+        """
+        carried = self._carried_up_to
+        if not carried or self._mode != "memory" or self._file_marks_failures >= 3:
+            return
+        rows = [row for row in rows if row[-1] <= carried]
+        if not rows:
+            return
+        with self._file_marks_lock:
+            try:
+                if self._file_marks_conn is None:
+                    self._file_marks_conn = sqlite3.connect(
+                        str(self._path), timeout=0.2, isolation_level=None,
+                        check_same_thread=False,
+                    )
+                _in_transaction(self._file_marks_conn, lambda c: c.executemany(sql, rows), True)
+                self._file_marks_failures = 0
+            except Exception as exc:  # noqa: BLE001 - the file is known to be failing
+                self._file_marks_failures += 1
+                logger.debug("could not settle carried items in %s too: %s", self._path, exc)
+
     def _update(self, what: str, sql: str, rows: List[tuple]) -> bool:
         if not rows:
             return True
@@ -1243,7 +1314,9 @@ class Store:
             mode = self._mode
             try:
                 with self._connection() as conn:
-                    return _in_transaction(conn, fn, write)
+                    return _in_transaction(conn, _unless_switched(self, conn, fn), write)
+            except _SwitchedError:
+                continue
             except Exception as exc:  # noqa: BLE001 - classified below
                 kind = _classify(exc)
                 if kind == "locked" and attempt < len(_LOCK_RETRY_DELAYS):
@@ -1342,19 +1415,85 @@ class Store:
         _in_transaction(conn, create, True)
 
     def _switch_to_memory(self, exc: BaseException) -> None:
-        with self._state_lock:
-            if self._mode != "file":
-                return
-            self._mode = "memory"
-            self._generation += 1  # every thread drops its file connection on next use
-            self._counters["errors"] += 1
+        """Move this process to the in-memory store, carrying over what the file still owes.
+
+        The memory lock is held from the switch until the carry is done, so no memory
+        transaction runs before the carried items are there (an event written to memory must
+        still wait for its session's ``initsession`` that was pending in the file). File
+        transactions that already hold the write lock finish first (the carry waits for the
+        lock); later ones see the switch in :func:`_unless_switched` and retry in memory.
+        """
+        with self._mem_lock:
+            with self._state_lock:
+                if self._mode != "file":
+                    return
+                self._mode = "memory"
+                self._generation += 1  # every thread drops its file connection on next use
+                self._counters["errors"] += 1
+            if self._mem_conn is None:
+                self._mem_conn = _open_memory()
+            items, sessions = self._carry_into(self._mem_conn)
+        carried = (
+            f" {items} undelivered items and {sessions} open sessions were carried over from "
+            "the file, which keeps them too, for the next process or `lucidic-otel upload`."
+            if items or sessions else ""
+        )
         logger.warning(
             "lucidic-otel: cannot use the local store %s (%s: %s). This process keeps its "
             "telemetry in memory instead (at most %d MB; anything undelivered is lost at exit, "
-            "and `lucidic-otel sessions` will not show it). To fix: %s.",
-            self._path, type(exc).__name__, exc, self._cap() // (1024 * 1024),
+            "and `lucidic-otel sessions` will not show it).%s To fix: %s.",
+            self._path, type(exc).__name__, exc, self._cap() // (1024 * 1024), carried,
             _remedy(exc, self._path),
         )
+
+    def _carry_into(self, mem: sqlite3.Connection) -> Tuple[int, int]:
+        """Copy the file's pending outbox items, open sessions and aliases into ``mem``.
+
+        Items keep their seq, so ordering holds across the switch (an end still follows its
+        events), an item this process's sender claimed from the file can be marked in memory,
+        and new items get later seqs. Leases are kept: another process's sender may be
+        delivering an item right now. Best effort: a file that cannot be read carries nothing
+        (it still holds everything it held). Returns (items, sessions) carried.
+        """
+        budget = self._cap() // 2
+        try:
+            src = sqlite3.connect(str(self._path), timeout=_CARRY_TIMEOUT_S, isolation_level=None)
+        except Exception:  # noqa: BLE001 - nothing to carry from a file that will not open
+            return 0, 0
+        try:
+            try:
+                # Waits for a writer that committed to the file before the switch.
+                src.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error:
+                src.execute("BEGIN")
+            rows: List[tuple] = []
+            used = 0
+            for row in src.execute(_CARRY_OUTBOX):
+                used += row[5]
+                if used > budget:
+                    break
+                rows.append(row)
+            sids = {row[2] for row in rows}
+            session_rows = [
+                row for row in src.execute(_CARRY_SESSIONS)
+                if row[0] in sids or (row[1] and row[7] is None)
+            ]
+            aliases = [row for row in src.execute(_CARRY_ALIASES) if row[0] in sids]
+            src.execute("ROLLBACK")
+        except Exception as exc:  # noqa: BLE001 - a damaged file carries nothing
+            logger.debug("nothing carried from %s: %s", self._path, exc)
+            return 0, 0
+        finally:
+            with contextlib.suppress(Exception):
+                src.close()
+        try:
+            _in_transaction(mem, lambda conn: _insert_carried(conn, rows, session_rows, aliases),
+                            True)
+        except Exception as exc:  # noqa: BLE001 - the file still has them
+            self._log_error("carry to memory", exc)
+            return 0, 0
+        self._carried_up_to = max((row[0] for row in rows), default=0)
+        return len(rows), len(session_rows)
 
     def _after_fork(self) -> None:
         """Called in a child: drop (without closing) everything the parent had open."""
@@ -1364,8 +1503,13 @@ class Store:
         _ABANDONED.extend(self._conns.values())
         if self._mem_conn is not None:
             _ABANDONED.append(self._mem_conn)
+        if self._file_marks_conn is not None:
+            _ABANDONED.append(self._file_marks_conn)
         self._conns = {}
         self._mem_conn = None
+        self._file_marks_conn = None
+        self._file_marks_lock = threading.Lock()
+        self._carried_up_to = 0  # the child's memory store starts empty
         self._local = threading.local()
         self._generation += 1
         self._counters = dict.fromkeys(_COUNTERS, 0)
@@ -1545,6 +1689,43 @@ def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection],
                 conn.execute("ROLLBACK")
         raise
     return result
+
+
+def _unless_switched(
+    store: Store, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]
+) -> Callable[[sqlite3.Connection], T]:
+    """``fn``, but refusing to run on a file connection once the store moved to memory.
+
+    It runs inside the transaction, after the file lock was taken, so a write either
+    commits before the carry reads the file or is retried in memory; none is left behind.
+    """
+
+    def run(c: sqlite3.Connection) -> T:
+        if store._mode != "file" and c is not store._mem_conn:
+            raise _SwitchedError()
+        return fn(c)
+
+    return run
+
+
+def _insert_carried(
+    conn: sqlite3.Connection, rows: List[tuple], sessions: List[tuple], aliases: List[tuple]
+) -> None:
+    conn.executemany(
+        "INSERT OR IGNORE INTO outbox (seq, kind, session_id, key, body, nbytes, attempts,"
+        " next_attempt_at, lease_until, last_error, created_at, updated_at)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        rows,
+    )
+    conn.executemany(
+        f"INSERT OR IGNORE INTO sessions ({_CARRIED_SESSION_COLUMNS})"
+        f" VALUES ({_CARRIED_SESSION_MARKS})",
+        sessions,
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO session_aliases (session_id, backend_session_id) VALUES (?, ?)",
+        aliases,
+    )
 
 
 def _human(nbytes: int) -> str:
