@@ -56,6 +56,7 @@ def test_defaults_with_an_empty_environment() -> None:
     assert s.base_url == DEFAULT_BASE_URL
     assert s.blob_threshold == 65536
     assert s.exit_deadline_s == 5.0
+    assert s.delivery == "process"
     assert s.strict is False
     assert s.delivery_enabled is False
 
@@ -93,6 +94,7 @@ def test_every_variable_valid(tmp_path: Path) -> None:
         "LUCIDIC_BASE_URL": "http://127.0.0.1:9/api/",
         "LUCIDIC_BLOB_THRESHOLD": "2048",
         "LUCIDIC_EXIT_DEADLINE": "2.5",
+        "LUCIDIC_DELIVERY": "Thread",
         "LUCIDIC_STRICT": "yes",
     }
     s = load_settings(env)
@@ -114,6 +116,7 @@ def test_every_variable_valid(tmp_path: Path) -> None:
     assert s.base_url == "http://127.0.0.1:9/api"
     assert s.blob_threshold == 2048
     assert s.exit_deadline_s == 2.5
+    assert s.delivery == "thread"
     assert s.strict is True
 
 
@@ -178,6 +181,7 @@ _ALL_VARIABLES = (
     "LUCIDIC_REGION",
     "LUCIDIC_BLOB_THRESHOLD",
     "LUCIDIC_EXIT_DEADLINE",
+    "LUCIDIC_DELIVERY",
     "LUCIDIC_STRICT",
 )
 

@@ -15,11 +15,13 @@ finishes its own work and exits 0. Afterwards the store is recovered (copied out
 place) and ``lucidic-otel upload`` sends what the file still holds. Then: the file passes
 SQLite's integrity check and holds only whole batches, no event was lost (each was delivered
 or is still in the recovered outbox), and the backend, which checks every body against the
-wire contract, saw no partial or malformed record and no duplicate.
+wire contract, saw no partial or malformed record and no duplicate beyond the few items in
+flight when the file failed (same id and body, which the contract allows).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -50,7 +52,14 @@ def test_store_fault_warns_once_and_loses_nothing(tmp_path: Path, fault: str) ->
     assert outcome.created == UNITS, outcome.problems()
     assert outcome.ok, outcome.problems()
     assert run.backend["violations"] == [], run.backend
-    assert run.backend["events_duplicates"] == 0, run.backend
+    # A file that fails mid-run is left for memory, carrying what it still owed. Such an item
+    # may be sent up to twice more, always with the same id and body (the server checks): from
+    # memory, when the sender that had sent it could not mark it in the failing file, and by
+    # the upload, when the memory copy's delivery could not be marked there either. Nothing
+    # that was not carried over is ever sent twice.
+    carried = re.search(r"(\d+) undelivered items and \d+ open sessions were carried", warning)
+    most = 2 * int(carried.group(1)) if carried else 0
+    assert run.backend["events_duplicates"] <= most, (most, run.backend)
     assert run.whole_units, "a batch was stored in part"
     if fault == "corrupt file":
         assert run.file_intact, "the user's damaged file was modified"

@@ -359,6 +359,7 @@ ORACLE = {
     "LUCIDIC_FLUSH_ON_SIGTERM": lambda v: v.lower() in BOOLEAN_WORDS,
     "LUCIDIC_FLUSH_ON_FORK_EXIT": lambda v: v.lower() in BOOLEAN_WORDS,
     "LUCIDIC_EXIT_DEADLINE": lambda v: _number_ok(v, float, 0, 600),
+    "LUCIDIC_DELIVERY": lambda v: v.lower() in ("process", "thread"),
     "LUCIDIC_STORE_PATH": _expandable,
     "LUCIDIC_STORE_MAX_MB": lambda v: _number_ok(v, int, 1, 1_000_000),
     "LUCIDIC_BLOB_THRESHOLD": lambda v: _number_ok(v, int, 1024, 64 * 1024 * 1024),
@@ -589,6 +590,7 @@ INVALID_ENV = {
     "LUCIDIC_BASE_URL": "ftp://example.invalid",
     "LUCIDIC_AGENT_ID": "tab\there",
     "LUCIDIC_PROPAGATE": "sometimes",
+    "LUCIDIC_DELIVERY": "carrier-pigeon",
 }
 
 

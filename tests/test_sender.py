@@ -48,11 +48,14 @@ SENDER_LOGGER = "lucidic_otel.sender"
 
 
 def delivery_settings(server: ContractServer, **env: str) -> Settings:
+    """In-process tests drive the thread sender; the delivery process has tests/test_agent.py
+    (it runs the same Sender) and every launcher test here."""
     return load_settings(
         {
             "LUCIDIC_API_KEY": API_KEY,
             "LUCIDIC_AGENT_ID": AGENT,
             "LUCIDIC_BASE_URL": server.base_url,
+            "LUCIDIC_DELIVERY": "thread",
             **env,
         }
     )

@@ -25,6 +25,7 @@ REGION_BASE_URLS = {
     "india": "https://in.backend.lucidic.ai/api",
 }
 TRUST_MODES = ("accept", "ignore", "signed")
+DELIVERY_MODES = ("process", "thread")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -57,6 +58,7 @@ class Settings:
     base_url: str = DEFAULT_BASE_URL
     blob_threshold: int = 65536
     exit_deadline_s: float = 5.0
+    delivery: str = "process"
     strict: bool = False
     problems: Tuple[str, ...] = ()
 
@@ -220,6 +222,7 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
             "LUCIDIC_BLOB_THRESHOLD", 65536, int, 1024, 64 * 1024 * 1024, "bytes"
         ),
         exit_deadline_s=r.number("LUCIDIC_EXIT_DEADLINE", 5.0, float, 0, 600, "seconds"),
+        delivery=r.choice("LUCIDIC_DELIVERY", "process", DELIVERY_MODES),
         strict=strict,
         problems=tuple(r.problems),
     )

@@ -85,6 +85,7 @@ class LucidicSpanExporter(SpanExporter):
         if self._settings.delivery_enabled:
             # Lifecycle records still in memory at exit are written before the last delivery.
             sender.register_flush(self.force_flush)
+            sender.prestart(self.store, self._settings)
         journal.flusher = self.force_flush
 
     @property

@@ -57,6 +57,7 @@ from urllib.parse import urlsplit
 from opentelemetry import context as otel_context
 
 from lucidic_otel import backend
+from lucidic_otel.agent import EXIT_STORE_UNUSABLE, DeliveryAgent
 from lucidic_otel.config import Settings
 from lucidic_otel.store import (
     KIND_EVENT,
@@ -1087,13 +1088,16 @@ def _parent_start(body: Mapping[str, Any]) -> Optional[Tuple[str, str]]:
 
 
 _lock = threading.Lock()
-_senders: Dict[str, Sender] = {}
+# A thread Sender, or the handle of a delivery process (lucidic_otel.agent), per store path.
+_senders: Dict[str, Any] = {}
+_agent_failures = 0
+_AGENT_MAX_FAILURES = 3
 _owner_pid = os.getpid()
 _flushes: List[Callable[[], Optional[Callable[[], Any]]]] = []
 _hook_installed = False
 # A forked child keeps its parent's sender objects here, never using them: their threads do
 # not exist in the child and their sockets belong to the parent.
-_ABANDONED: List[Sender] = []
+_ABANDONED: List[Any] = []
 
 
 def notify(store: Store, settings: Settings) -> None:
@@ -1107,14 +1111,74 @@ def notify(store: Store, settings: Settings) -> None:
     try:
         sender = _senders.get(str(store.path)) if _owner_pid == os.getpid() else None
         if sender is None:
-            sender = process_sender(store, settings)
+            sender = _start_delivery(store, settings)
+        elif isinstance(sender, DeliveryAgent) and (store.in_memory or not sender.alive):
+            sender = _replace_agent(sender, store, settings)
         sender.wake()
     except Exception:  # noqa: BLE001 - telemetry must never break the exporter
         logger.exception("lucidic-otel: could not start the sender")
 
 
+def prestart(store: Store, settings: Settings) -> None:
+    """Start the delivery process now, before there is anything to deliver (the exporter
+    calls this when it is built): its start-up then overlaps the application's own, instead
+    of competing with the application's work on the first write. Never raises."""
+    if not settings.delivery_enabled or settings.delivery != "process":
+        return
+    try:
+        if _owner_pid != os.getpid() or str(store.path) not in _senders:
+            _start_delivery(store, settings)
+    except Exception:  # noqa: BLE001 - notify() tries again on the first write
+        logger.debug("lucidic-otel: could not start the delivery process early", exc_info=True)
+
+
+def _start_delivery(store: Store, settings: Settings) -> Any:
+    """This process's delivery for ``store``: a delivery process unless threads are asked for
+    (``LUCIDIC_DELIVERY=thread``), the store lives in memory (only this process can read it),
+    or delivery processes keep failing to start."""
+    global _agent_failures
+    if settings.delivery == "process" and not store.in_memory:
+        key = str(store.path)
+        with _lock:
+            if _owner_pid != os.getpid():
+                _forget_after_fork()
+            current = _senders.get(key)
+            if current is not None:
+                return current
+            if _agent_failures < _AGENT_MAX_FAILURES:
+                agent = DeliveryAgent(store, settings)
+                if agent.start():
+                    _senders[key] = agent
+                    _install_exit_hook()
+                    return agent
+                _agent_failures += 1
+    return process_sender(store, settings)
+
+
+def _replace_agent(agent: DeliveryAgent, store: Store, settings: Settings) -> Any:
+    """The delivery process died, or the store moved to memory where it cannot follow."""
+    global _agent_failures
+    with _lock:
+        if _senders.get(str(store.path)) is agent:
+            del _senders[str(store.path)]
+            if agent.exit_status == EXIT_STORE_UNUSABLE:
+                # The file failed under it; it fails here too (or soon will), and this
+                # process's store says so. Threads here can follow its memory fallback.
+                _agent_failures = _AGENT_MAX_FAILURES
+            elif not store.in_memory:
+                _agent_failures += 1
+                logger.warning(
+                    "lucidic-otel: the delivery process for %s ended unexpectedly; starting "
+                    "another%s", store.path,
+                    "" if _agent_failures < _AGENT_MAX_FAILURES
+                    else " (as threads in this process: it failed too often)",
+                )
+    agent.finish(0.0, stop=True)
+    return _start_delivery(store, settings)
+
+
 def process_sender(store: Store, settings: Settings) -> Sender:
-    """This process's sender for ``store``, created and started on first use."""
+    """This process's thread sender for ``store``, created and started on first use."""
     key = str(store.path)
     with _lock:
         if _owner_pid != os.getpid():
@@ -1163,22 +1227,29 @@ def deliver_at_exit(deadline_s: float) -> None:
                 except Exception:  # noqa: BLE001
                     logger.debug("lucidic-otel: exit flush failed", exc_info=True)
         senders = list(_senders.values()) if _owner_pid == os.getpid() else []
-        for sender in senders:
+        threads = [sender for sender in senders if isinstance(sender, Sender)]
+        last_errors: Dict[int, Optional[str]] = {}
+        for agent in senders:
+            if isinstance(agent, DeliveryAgent):
+                # Started early but never given anything: no reason to wait for it.
+                reply = agent.finish(max(0.0, end - time.monotonic()), stop=not agent.woken)
+                last_errors[id(agent)] = (reply or {}).get("last_error")
+        for sender in threads:
             sender.drain(max(0.0, end - time.monotonic()))
-        for sender in senders:
+        for sender in threads:
             sender.stop(timeout_s=max(0.0, min(0.5, end - time.monotonic())))
+            last_errors[id(sender)] = sender.stats.last_error
         for sender in senders:
             if sender.halted is not None:
                 continue
             pending = sender.store.outbox_counts().get("pending", 0)
             if pending:
-                stats = sender.stats
                 logger.warning(
                     "lucidic-otel: %d records were not delivered before exit (%s); they are kept "
                     "in %s and will be sent by the next process that runs with LUCIDIC_API_KEY, "
                     "or by `lucidic-otel upload`",
                     pending,
-                    stats.last_error or f"exit deadline {deadline_s:g} s",
+                    last_errors.get(id(sender)) or f"exit deadline {deadline_s:g} s",
                     sender.store.path,
                 )
     except Exception:  # noqa: BLE001 - exit must go on
@@ -1200,6 +1271,9 @@ def _install_exit_hook() -> None:
 def _forget_after_fork() -> None:
     """In a forked child: start from nothing; the parent's senders are parked, not used."""
     global _lock, _senders, _owner_pid
+    for sender in _senders.values():
+        if isinstance(sender, DeliveryAgent):
+            sender.forget()  # the parent's delivery process stays the parent's
     _ABANDONED.extend(_senders.values())
     _senders = {}
     _lock = threading.Lock()

@@ -447,8 +447,12 @@ _SETTLED_SESSION = """
 """
 
 # What a switch to the memory fallback carries over from the file (see Store._carry_into).
+# Leases are not carried (lease_until = 0): the sender holding one may be unable to mark
+# the item, in the file (a delivery process, another process) or at all, and a kept lease would
+# hold the item, and every later item of its session, for up to half a minute. An item in
+# flight at the switch may so be sent twice, with the same client_event_id (at-least-once).
 _CARRY_OUTBOX = (
-    "SELECT seq, kind, session_id, key, body, nbytes, attempts, next_attempt_at, lease_until,"
+    "SELECT seq, kind, session_id, key, body, nbytes, attempts, next_attempt_at, 0,"
     " last_error, created_at, updated_at FROM outbox WHERE state = 'pending' ORDER BY seq"
 )
 _CARRIED_SESSION_COLUMNS = (
@@ -628,6 +632,9 @@ class Store:
         self._last_warned: Dict[str, float] = {}
         self._drop_unreported = [0, 0, 0]  # spans, outbox items, bytes
         self._carried_up_to = 0  # items up to this seq are in the file too (after a switch)
+        # Called instead of the switch to memory when set: a delivery process has no use for
+        # a memory store (the application writes to the file) and hands back to it instead.
+        self.on_unusable: Optional[Callable[[BaseException], None]] = None
         self._file_marks_lock = threading.Lock()
         self._file_marks_conn: Optional[sqlite3.Connection] = None
         self._file_marks_failures = 0
@@ -644,6 +651,11 @@ class Store:
     @property
     def delivery_enabled(self) -> bool:
         return self._delivery_enabled
+
+    @property
+    def in_memory(self) -> bool:
+        """True once this process fell back to the in-memory store (no other process sees it)."""
+        return self._mode == "memory"
 
     # ------------------------------------------------------------------ writes
 
@@ -1324,6 +1336,9 @@ class Store:
                     attempt += 1
                     continue
                 if kind == "fatal" and mode == "file":
+                    if self.on_unusable is not None:
+                        self.on_unusable(exc)
+                        raise _UnavailableError(str(exc)) from exc
                     if self._mode == "file":
                         self._switch_to_memory(exc)
                     continue
@@ -1451,9 +1466,9 @@ class Store:
 
         Items keep their seq, so ordering holds across the switch (an end still follows its
         events), an item this process's sender claimed from the file can be marked in memory,
-        and new items get later seqs. Leases are kept: another process's sender may be
-        delivering an item right now. Best effort: a file that cannot be read carries nothing
-        (it still holds everything it held). Returns (items, sessions) carried.
+        and new items get later seqs. Leases are released (see ``_CARRY_OUTBOX``). Best
+        effort: a file that cannot be read carries nothing (it still holds everything it
+        held). Returns (items, sessions) carried.
         """
         budget = self._cap() // 2
         try:

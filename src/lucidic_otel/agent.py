@@ -1,0 +1,361 @@
+"""Out-of-process delivery: the sender runs in a helper process, off the application's GIL.
+
+Why a process
+    Every delivery is one HTTP request per event (the contract has no batch endpoint), and
+    each costs about 130 µs of Python CPU in ``http.client``, json and the sender's
+    bookkeeping. On a sender thread that time is taken from the application: whenever the
+    application thread wants the GIL while a sender thread holds it, it waits, and that shows
+    in the p99 of every instrumented call. The outbox is a SQLite file that several processes
+    may share (leases keep senders off each other's items), so the sender can just as well run
+    in a child process that reads the same file. The application then only writes the outbox,
+    as it does with delivery off, and writes one byte to a pipe to say "look now".
+
+Protocol (the application is the parent; the agent reads its stdin, answers on its stdout)
+    line 1      JSON: the delivery settings (key, agent id, base URL, store, limits). Over the
+                pipe, not argv or the environment, so the key is never in ``ps`` output.
+    ``w``       new items were written: look now.
+    ``d <s>``   the application is exiting: deliver for at most ``s`` seconds, answer one JSON
+                line (settled, counts, halted, last error), exit.
+    ``q``       stop now (the application's store fell back to memory), answer, exit.
+    EOF         the application is gone (killed, or closed the pipe without a word): deliver
+                for at most the exit deadline, exit. SIGTERM means the same.
+
+Lifecycle
+    Started when the exporter is built (so that its start-up, about 0.2 s of CPU in the new
+    process, is not in the middle of the application's work), or by
+    :func:`lucidic_otel.sender.notify` on the first write of a forked child, in its own
+    session (a Ctrl-C or a signal to the application's process group is the application's to
+    handle; the application asks the agent to finish through the pipe). A forked child never
+    uses its parent's agent: it closes its copies of the pipes and starts its own when it
+    writes. It runs at a lower CPU priority (nice 10): on a busy machine the application's
+    threads go first. At exit the application waits for its answer only if it wrote something;
+    otherwise it just tells it to stop. Where an agent cannot be started (no Python executable
+    to run, as inside some embedded interpreters, or the start fails), delivery falls back to
+    sender threads in the application and says so once. ``LUCIDIC_DELIVERY=thread`` selects
+    that on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Mapping, Optional
+
+from lucidic_otel.config import Settings
+from lucidic_otel.store import Store
+
+logger = logging.getLogger("lucidic_otel.agent")
+
+# The launcher puts its sitecustomize (auto-instrumentation) first on PYTHONPATH; the agent
+# must not instrument itself, or its own HTTP and SQLite calls would become spans.
+_AUTO_INSTRUMENTATION_DIR = os.path.join("opentelemetry", "instrumentation", "auto_instrumentation")
+_REPLY_MARGIN_S = 2.0  # the agent's stop after a drain, and its start if it was still starting
+_STOP_S = 0.5
+_NICENESS = 10
+# The agent's exit status when the store file cannot be used: the application then delivers
+# from threads, with its own store's memory fallback, and it is the one that warns.
+EXIT_STORE_UNUSABLE = 75
+
+
+class DeliveryAgent:
+    """The application's handle on its delivery process. Never raises."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings
+        self._proc: Optional[subprocess.Popen] = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._dead = False
+        self.woken = False  # whether this process ever wrote something for it to deliver
+        self.last_reply: Optional[Dict[str, Any]] = None
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def halted(self) -> Optional[str]:
+        """Why the agent stopped delivering (401/402/403/3xx), from its last reply."""
+        reply = self.last_reply or {}
+        halted = reply.get("halted")
+        return halted if isinstance(halted, str) else None
+
+    @property
+    def exit_status(self) -> Optional[int]:
+        proc = self._proc
+        if proc is None or self._pid != os.getpid():
+            return None
+        return proc.poll()
+
+    @property
+    def alive(self) -> bool:
+        proc = self._proc
+        return (
+            not self._dead and proc is not None and self._pid == os.getpid()
+            and proc.poll() is None
+        )
+
+    def start(self) -> bool:
+        """Start the process; False if it could not be (the caller falls back to threads)."""
+        executable = sys.executable
+        if not executable or not os.path.exists(executable):
+            logger.info("lucidic-otel: no Python executable to run a delivery process")
+            return False
+        config = {
+            "store": str(self._store.path),
+            "max_bytes": self._store.max_bytes,
+            "api_key": self._settings.api_key,
+            "agent_id": self._settings.agent_id,
+            "base_url": self._settings.base_url,
+            "blob_threshold": self._settings.blob_threshold,
+            "exit_deadline_s": self._settings.exit_deadline_s,
+        }
+        try:
+            proc = subprocess.Popen(
+                [executable, "-m", "lucidic_otel.agent"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=agent_environment(os.environ),
+                close_fds=True,
+                start_new_session=True,
+            )
+        except Exception as exc:  # noqa: BLE001 - fall back to threads
+            logger.warning(
+                "lucidic-otel: could not start the delivery process (%s: %s); delivering "
+                "from threads in this process instead", type(exc).__name__, exc,
+            )
+            return False
+        self._proc = proc
+        assert proc.stdin is not None
+        os.set_blocking(proc.stdin.fileno(), False)
+        if not self._send((json.dumps(config) + "\n").encode()):
+            self._dead = True
+            return False
+        return True
+
+    def wake(self) -> None:
+        """Tell the agent to look now: one small write to a non-blocking pipe."""
+        if self._pid != os.getpid() or self._dead:
+            return
+        self.woken = True
+        self._send(b"w\n", quiet_when_full=True)
+
+    def finish(self, deadline_s: float, stop: bool = False) -> Optional[Dict[str, Any]]:
+        """Ask the agent to deliver for at most ``deadline_s`` (or to stop now) and exit.
+
+        Returns its reply (None if it did not answer in time or is gone, and always with
+        ``stop``, which does not wait). Waits at most ``deadline_s`` plus a small margin.
+        """
+        proc = self._proc
+        if proc is None or self._pid != os.getpid():
+            return None
+        reply: Optional[Dict[str, Any]] = None
+        with self._lock:
+            if not self._dead:
+                message = b"q\n" if stop else f"d {max(0.0, deadline_s):.3f}\n".encode()
+                if self._send(message) and not stop:
+                    reply = self._read_reply(deadline_s + _REPLY_MARGIN_S)
+                self._dead = True
+        self.last_reply = reply
+        self._close(wait_s=0.0 if stop else _STOP_S)
+        return reply
+
+    def forget(self) -> None:
+        """In a forked child: drop this handle without touching the parent's process."""
+        proc, self._proc, self._dead = self._proc, None, True
+        if proc is not None:
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    try:
+                        os.close(stream.fileno())
+                    except OSError:
+                        pass
+
+    # ------------------------------------------------------------------ internals
+
+    def _send(self, data: bytes, quiet_when_full: bool = False) -> bool:
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            return False
+        fd = proc.stdin.fileno()
+        try:
+            written = 0
+            end = time.monotonic() + 1.0
+            while written < len(data):
+                try:
+                    written += os.write(fd, data[written:])
+                except BlockingIOError:
+                    if quiet_when_full:
+                        return True  # the agent has unread wake-ups: it will look anyway
+                    if time.monotonic() > end:
+                        return False
+                    select.select([], [fd], [], 0.05)
+            return True
+        except OSError:  # the agent is gone
+            self._dead = True
+            return False
+
+    def _read_reply(self, timeout_s: float) -> Optional[Dict[str, Any]]:
+        proc = self._proc
+        if proc is None or proc.stdout is None:
+            return None
+        fd = proc.stdout.fileno()
+        end = time.monotonic() + timeout_s
+        buffer = b""
+        while b"\n" not in buffer:
+            left = end - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return None
+            buffer += chunk
+        try:
+            reply = json.loads(buffer.split(b"\n", 1)[0])
+        except ValueError:
+            return None
+        return reply if isinstance(reply, dict) else None
+
+    def _close(self, wait_s: float) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        try:
+            proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            pass  # it ends by itself once its own deadline passes
+
+
+def agent_environment(env: Mapping[str, str]) -> Dict[str, str]:
+    """The agent's environment: the application's, without the launcher's auto-instrumentation."""
+    out = dict(env)
+    path = out.get("PYTHONPATH")
+    if path:
+        kept = [
+            entry for entry in path.split(os.pathsep)
+            if not entry.rstrip(os.sep).endswith(_AUTO_INSTRUMENTATION_DIR)
+        ]
+        if kept:
+            out["PYTHONPATH"] = os.pathsep.join(kept)
+        else:
+            out.pop("PYTHONPATH")
+    out["OTEL_SDK_DISABLED"] = "true"
+    return out
+
+
+# ------------------------------------------------------------------------ the agent process
+
+
+class _TerminatedError(Exception):
+    pass
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _TerminatedError()
+
+
+def _store_unusable(exc: BaseException) -> None:
+    logger.debug("lucidic-otel: the delivery process cannot use the store: %s", exc)
+    os._exit(EXIT_STORE_UNUSABLE)
+
+
+def _settings_from(config: Mapping[str, Any]) -> Settings:
+    return Settings(
+        api_key=str(config["api_key"]),
+        agent_id=str(config["agent_id"]),
+        base_url=str(config["base_url"]),
+        blob_threshold=int(config["blob_threshold"]),
+        exit_deadline_s=float(config["exit_deadline_s"]),
+    )
+
+
+def _reply(sender: Any, settled: bool) -> bytes:
+    stats = sender.stats
+    return (json.dumps({
+        "settled": settled,
+        "delivered": stats.delivered_total,
+        "failed": stats.failed,
+        "retried": stats.retried,
+        "halted": stats.halted,
+        "last_error": stats.last_error,
+    }) + "\n").encode()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The agent process (``python -m lucidic_otel.agent``), started by the application."""
+    from lucidic_otel.sender import Sender
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        # Background work: when the machine is busy, the application's threads go first.
+        os.nice(_NICENESS)
+    except OSError:
+        pass
+    stdin = sys.stdin.buffer
+    try:
+        config = json.loads(stdin.readline() or b"null")
+        settings = _settings_from(config)
+        store = Store(config["store"], max_bytes=int(config["max_bytes"]), delivery_enabled=True)
+        store.on_unusable = _store_unusable
+    except (_TerminatedError, ValueError, TypeError, KeyError) as exc:
+        logger.error("lucidic-otel: the delivery process got no usable settings (%s)", exc)
+        return 2
+    sender = Sender(store, settings).start()
+    sender.wake()
+    deadline = settings.exit_deadline_s
+    stop = False
+    try:
+        while True:
+            line = stdin.readline()
+            if not line:
+                break  # the application is gone
+            command = line.split()
+            if not command:
+                continue
+            if command[0] == b"w":
+                sender.wake()
+            elif command[0] == b"d":
+                try:
+                    deadline = max(0.0, float(command[1]))
+                except (IndexError, ValueError):
+                    pass
+                break
+            elif command[0] == b"q":
+                stop = True
+                break
+    except _TerminatedError:
+        pass
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finishing now; a second TERM changes nothing
+    settled = False
+    if not stop:
+        settled = sender.drain(deadline)
+    sender.stop(timeout_s=_STOP_S)
+    try:
+        sys.stdout.buffer.write(_reply(sender, settled))
+        sys.stdout.buffer.flush()
+    except OSError:
+        pass  # nobody is listening any more
+    store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""The delivery process (``lucidic_otel.agent``): delivery off the application's GIL.
+
+Real applications under the real launcher deliver to the loopback contract server; the tests
+look at the process tree (``/proc``) to prove where the sender runs, that the API key never
+appears on a command line, that the agent ends with the application (or, when the application
+is killed, once it has delivered what was left), and that ``LUCIDIC_DELIVERY=thread`` and a
+failed start fall back to threads in the application.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+from support.contract_server import ContractServer
+from support.launcher import clean_env, run_instrumented, spawn_instrumented, stop, write_script
+
+from lucidic_otel import agent as agent_module
+from lucidic_otel import sender as sender_module
+from lucidic_otel.config import load_settings
+from lucidic_otel.sender import Sender
+from lucidic_otel.store import Store
+
+API_KEY = "agent-test-key-0123456789"
+AGENT = "agent-proc"
+
+APP = """
+    import os, sys, threading, time
+    import lucidic_otel
+    from opentelemetry import trace
+
+    tracer = trace.get_tracer("app")
+    sid = lucidic_otel.init(session_name=sys.argv[1])
+    for n in range(int(sys.argv[2])):
+        with tracer.start_as_current_span(f"chat {n}", attributes={
+                "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                "gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 3,
+                "gen_ai.usage.output_tokens": 4}):
+            pass
+    lucidic_otel.flush()
+    time.sleep(0.3)  # the agent (if any) has been started by the first write
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                if ppid == os.getpid():
+                    with open(f"/proc/{entry}/cmdline", "rb") as f:
+                        children.append((entry, f.read().replace(b"\\0", b" ").decode()))
+            except OSError:
+                pass
+    for pid, cmdline in children:
+        print("CHILD", pid, cmdline, flush=True)
+    senders = [t.name for t in threading.enumerate() if t.name.startswith("lucidic-sender")]
+    print("SENDER_THREADS", len(senders), flush=True)
+    print("SID", sid, flush=True)
+    if sys.argv[1] == "hang":
+        print("READY", flush=True)
+        time.sleep(120)
+"""
+
+
+def _env(store: Path, base_url: str, **extra: str) -> Dict[str, str]:
+    return clean_env(
+        LUCIDIC_STORE_PATH=str(store),
+        LUCIDIC_API_KEY=API_KEY,
+        LUCIDIC_AGENT_ID=AGENT,
+        LUCIDIC_BASE_URL=base_url,
+        **extra,
+    )
+
+
+def _lines(output: str, prefix: str) -> List[str]:
+    return [line.split(" ", 1)[1] for line in output.splitlines() if line.startswith(prefix + " ")]
+
+
+def _agents(output: str) -> List[int]:
+    return [
+        int(line.split()[0]) for line in _lines(output, "CHILD") if "lucidic_otel.agent" in line
+    ]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _pending(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+
+
+def test_delivery_runs_in_its_own_process_and_ends_with_the_application(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "app.py", APP)
+    path = tmp_path / "store.db"
+    with ContractServer(api_key=API_KEY, agent_id=AGENT) as server:
+        result = run_instrumented([script, "proc", "20"], _env(path, server.base_url), timeout=60)
+        assert result.returncode == 0, result.stderr
+        (agent_pid,) = _agents(result.stdout)
+        # The application runs no sender thread: the agent does the HTTP.
+        assert _lines(result.stdout, "SENDER_THREADS") == ["0"]
+        # The key travels over the pipe, never on a command line anyone can read.
+        assert all(API_KEY not in line for line in _lines(result.stdout, "CHILD"))
+        assert "OTEL_SDK_DISABLED" not in result.stderr
+        sid = _lines(result.stdout, "SID")[0]
+        assert len(server.delivered_event_ids()) == 20
+        assert server.violations == []
+        assert len([b for b in server.inits if b["session_id"] == sid]) == 1
+        ends = [b for b in server.updates if b["session_id"] == sid and b.get("is_finished")]
+        assert len(ends) == 1  # delivered at exit, by the agent, after the events
+    assert _wait_gone(agent_pid, 5), "the delivery process outlived the application"
+    assert _pending(path) == 0
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_thread_delivery_when_asked_for(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "app.py", APP)
+    path = tmp_path / "store.db"
+    with ContractServer(api_key=API_KEY, agent_id=AGENT) as server:
+        env = _env(path, server.base_url, LUCIDIC_DELIVERY="thread")
+        result = run_instrumented([script, "threads", "5"], env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert _agents(result.stdout) == []
+        assert int(_lines(result.stdout, "SENDER_THREADS")[0]) >= 1
+        assert len(server.delivered_event_ids()) == 5
+        assert server.violations == []
+    assert _pending(path) == 0
+
+
+def test_a_killed_application_leaves_its_agent_to_deliver_the_rest_and_end(
+    tmp_path: Path,
+) -> None:
+    script = write_script(tmp_path, "app.py", APP)
+    path = tmp_path / "store.db"
+    with ContractServer(api_key=API_KEY, agent_id=AGENT) as server:
+        app = spawn_instrumented([script, "hang", "10"], _env(path, server.base_url))
+        try:
+            assert app.wait_for_line("READY", 30) is not None, app.output()
+            (agent_pid,) = _agents(app.output())
+            os.killpg(app.pid, signal.SIGKILL)  # the agent has its own session: not hit
+        finally:
+            stop(app, timeout=5)
+        assert app.returncode == -signal.SIGKILL
+        # It sees the pipe close, delivers what is left within the exit deadline, and ends.
+        assert _wait_gone(agent_pid, 15), "the orphaned delivery process did not end"
+        assert len(server.delivered_event_ids()) == 10
+        assert server.violations == []
+
+
+def test_agent_environment_drops_the_launchers_auto_instrumentation() -> None:
+    auto = os.path.join("/venv", "opentelemetry", "instrumentation", "auto_instrumentation")
+    env = agent_module.agent_environment(
+        {"PYTHONPATH": os.pathsep.join([auto, "/app/src"]), "HOME": "/home/u"}
+    )
+    assert env["PYTHONPATH"] == "/app/src"
+    assert env["OTEL_SDK_DISABLED"] == "true" and env["HOME"] == "/home/u"
+    assert "PYTHONPATH" not in agent_module.agent_environment({"PYTHONPATH": auto})
+
+
+def test_no_python_to_run_falls_back_to_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "store.db")
+    settings = load_settings(
+        {"LUCIDIC_API_KEY": "k", "LUCIDIC_AGENT_ID": "a", "LUCIDIC_BASE_URL": "http://127.0.0.1:9"}
+    )
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    delivery: Optional[object] = None
+    try:
+        delivery = sender_module._start_delivery(store, settings)
+        assert isinstance(delivery, Sender)
+    finally:
+        sender_module._senders.pop(str(store.path), None)
+        if isinstance(delivery, Sender):
+            delivery.stop(0.5)
+        store.close()
+
+
+def test_agent_answers_a_drain_with_its_counts(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    with ContractServer(api_key=API_KEY, agent_id=AGENT) as server:
+        store = Store(path)
+        store.record_session_init("direct", {"session_id": "direct"})
+        store.write_batch([], [{
+            "session_id": "direct", "client_event_id": "00000000-0000-4000-8000-000000000001",
+            "type": "generic", "payload": {"details": "x"},
+            "occurred_at": "2026-11-25T12:00:00+00:00", "duration": 0.1,
+        }])
+        settings = load_settings({
+            "LUCIDIC_API_KEY": API_KEY, "LUCIDIC_AGENT_ID": AGENT,
+            "LUCIDIC_BASE_URL": server.base_url,
+        })
+        agent = agent_module.DeliveryAgent(store, settings)
+        assert agent.start()
+        agent.wake()
+        reply = agent.finish(10.0)
+        assert reply is not None, "no answer from the delivery process"
+        assert reply["settled"] is True and reply["delivered"] == 2, reply
+        assert reply["halted"] is None and not agent.alive
+        assert server.violations == []
+        store.close()
