@@ -9,7 +9,9 @@ a loopback OpenAI-compatible server (``lucidic_otel.demo.fake_openai``), timing 
       open, spans and events written to the local store, no API key;
   (c) lucidic, backend healthy: as (b) with delivery to a loopback contract server;
   (d) lucidic, backend slow: every backend reply takes 1 s;
-  (e) lucidic, backend down: nothing listens on the backend port.
+  (e) lucidic, backend down: nothing listens on the backend port;
+  (n) the same as (b), measured as if it were another configuration: how far apart two runs of
+      the same thing land on this machine (the noise floor of every ratio).
 
 Each configuration runs in its own process under the real launcher, because that is what a
 user runs (distro, configurator, instrumentors, BatchSpanProcessor, exporter, sender threads
@@ -20,7 +22,15 @@ spreads over all of them; percentiles are over all calls of all rounds. The rati
 is what delivery adds; (b)/(a) is the price of instrumentation itself (the GenAI
 instrumentor, the SDK and the store).
 
-    python bench/app_latency.py            # 5 rounds x 2,000 calls per configuration
+Why the target is stated against (b): the issue asks for the ratio to calls without telemetry,
+and both are printed. But a loopback call takes about 1.3 ms, and the OpenAI instrumentor, the
+SDK and the exporter spend about 0.6 ms of the application's own CPU per call whatever the
+backend does (p50 (b)/(a) is about 1.5), so no in-process instrumentation can be within 5% of
+(a) on such a call; the part this package's delivery controls is (c)-(e) against (b). With a
+model that answers like a real one (``--model-delay-ms 200``), the ratio to (a) is printed on
+the same footing.
+
+    python bench/app_latency.py            # 10 rounds x 1,000 calls per configuration
     python bench/app_latency.py --quick    # seconds, for CI
 
 Target: p99 of (c), (d), (e) <= 1.05 x (b). Timings are printed, never asserted; the exit
@@ -57,6 +67,7 @@ BACKEND_NICENESS = 10
 CONFIGS = {
     "a": "(a) no telemetry",
     "b": "(b) lucidic, delivery off",
+    "n": "(n) = (b) again: the noise floor",
     "c": "(c) lucidic, backend healthy",
     "d": "(d) lucidic, backend slow (1 s)",
     "e": "(e) lucidic, backend down",
@@ -73,12 +84,13 @@ WORKER = """
     client = openai.OpenAI(base_url=os.environ["BENCH_OPENAI_URL"], api_key="sk-bench",
                            max_retries=0)
     messages = [{"role": "user", "content": "What is the capital of France?"}]
+    model = os.environ["BENCH_MODEL"]
     for _ in range(warmup):
-        client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+        client.chat.completions.create(model=model, messages=messages)
     latencies = []
     for _ in range(calls):
         started = time.perf_counter_ns()
-        client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+        client.chat.completions.create(model=model, messages=messages)
         latencies.append(time.perf_counter_ns() - started)
     print("RESULT " + json.dumps(latencies), flush=True)
 """
@@ -117,9 +129,11 @@ def run_worker(
     openai_url: str,
     backends: Dict[str, str],
     stores: Dict[str, Path],
+    model: str,
 ) -> List[int]:
     env = base_env()
     env["BENCH_OPENAI_URL"] = openai_url
+    env["BENCH_MODEL"] = model
     command = [str(BIN / "python"), str(script), str(calls), str(warmup)]
     if config != "a":
         command = [str(BIN / "opentelemetry-instrument"), *command]
@@ -204,16 +218,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short run for CI")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--calls", type=int, default=None)
+    parser.add_argument(
+        "--model-delay-ms", type=int, default=0,
+        help="the fake model answers after this long, as a real one would (default: at once)",
+    )
     args = parser.parse_args(argv)
-    rounds = args.rounds or (2 if args.quick else 5)
-    calls = args.calls or (150 if args.quick else 2000)
+    model = "gpt-4o-mini" + (f"@{args.model_delay_ms}ms" if args.model_delay_ms > 0 else "")
+    rounds = args.rounds or (2 if args.quick else 10)
+    calls = args.calls or (150 if args.quick else 1000)
     warmup = 30 if args.quick else 200
 
     print("== app latency ==")
     print(machine_line())
     print(
         f"{rounds} rounds x {calls} calls per configuration (after {warmup} warm-up calls), "
-        "interleaved, each configuration in its own process"
+        "interleaved, each configuration in its own process; model reply delay "
+        f"{args.model_delay_ms} ms"
     )
     latencies: Dict[str, List[float]] = {key: [] for key in CONFIGS}
     checks: List[str] = []
@@ -239,7 +259,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     rotated = order[round_no % len(order) :] + order[: round_no % len(order)]
                     for config in rotated:
                         samples = run_worker(
-                            config, script, calls, warmup, openai_server.base_url, backends, stores
+                            config, script, calls, warmup, openai_server.base_url, backends,
+                            stores, model,
                         )
                         latencies[config].extend(ns / 1e6 for ns in samples)
                     print(f"round {round_no + 1}/{rounds} done", file=sys.stderr, flush=True)
@@ -266,6 +287,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         row += f" {p50 / stats['b'][0]:>8.3f} {p99 / stats['b'][1]:>8.3f}"
         print(row)
     print()
+    noise = stats["n"][1] / stats["b"][1]
+    print(
+        f"noise floor: (n) runs exactly what (b) runs; its p99 ratio to (b) is {noise:.3f}, so "
+        f"ratios within {abs(noise - 1) * 100:.1f}% of 1 are indistinguishable from noise here"
+    )
     print(f"targets (p99 ratio to (b), <= {TARGET_RATIO}):")
     for key in ("c", "d", "e"):
         ratio = stats[key][1] / stats["b"][1]

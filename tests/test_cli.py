@@ -583,6 +583,7 @@ def test_doctor_settings_exporters_and_propagators(recorded: Dict[str, Any]) -> 
     assert "LUCIDIC_AUTO_END='perhaps' is not valid" in problems
     data = report["data"]
     assert data["delivery_enabled"] is True
+    assert data["delivery"] == "process"
     assert data["backend_url"] == "https://backend.lucidic.ai/api"
     assert data["store_path"] == str(recorded["store"]) and data["store_bytes"] > 0
     assert data["outbox"]["pending"] > 0

@@ -525,8 +525,9 @@ def _print_doctor(report: Dict[str, Any]) -> None:
     for item in data["failed_items"]:
         print(f"    failed #{item['seq']} {item['kind']} session {item['session_id']} after "
               f"{item['attempts']} attempts: {_one_line(item['reason'] or '?', 120)}")
+    where = "a helper process" if data["delivery"] == "process" else "threads in the application"
     print(f"  backend: {data['backend_url']}  delivery: "
-          f"{'enabled' if data['delivery_enabled'] else 'disabled'}")
+          f"{f'enabled, from {where}' if data['delivery_enabled'] else 'disabled'}")
 
     for note in report["notes"]:
         print(f"  note: {note}")

@@ -183,6 +183,7 @@ def _data(settings: Settings, path: Path) -> Dict[str, Any]:
         "failed_items": [],
         "backend_url": settings.base_url,
         "delivery_enabled": settings.delivery_enabled,
+        "delivery": settings.delivery,
         "api_key_set": bool(settings.api_key),
         "agent_id": settings.agent_id,
     }
@@ -525,6 +526,8 @@ def _settings_view(settings: Settings) -> Dict[str, Any]:
         "store_path": None if settings.store_path is None else str(settings.store_path),
         "store_max_bytes": settings.store_max_bytes,
         "base_url": settings.base_url,
+        "delivery": settings.delivery,
+        "exit_deadline_s": settings.exit_deadline_s,
     }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -24,7 +25,7 @@ from lucidic_otel.events import llm_summary, span_to_event
 from lucidic_otel.ids import event_id
 from lucidic_otel.processor import PROCESS_SESSION
 from lucidic_otel.sessions import END, INIT, JOURNAL, LifecycleJournal
-from lucidic_otel.store import SpanRecord, Store, default_store_path
+from lucidic_otel.store import YIELD_EVERY, SpanRecord, Store, default_store_path
 
 logger = logging.getLogger("lucidic_otel")
 
@@ -185,7 +186,9 @@ class LucidicSpanExporter(SpanExporter):
             pid = os.getpid()
             records: List[SpanRecord] = []
             events: List[dict] = []
-            for span in spans:
+            for index, span in enumerate(spans):
+                if index % YIELD_EVERY == YIELD_EVERY - 1:
+                    time.sleep(0)  # let a waiting application thread have the GIL
                 record, event = self._record(span, pid)
                 records.append(record)
                 if event is not None:
