@@ -57,7 +57,12 @@ APP = """
             except OSError:
                 pass
     for pid, cmdline in children:
+        try:
+            policy = os.sched_getscheduler(int(pid))
+        except (AttributeError, OSError):
+            policy = -1
         print("CHILD", pid, cmdline, flush=True)
+        print("POLICY", pid, policy, flush=True)
     senders = [t.name for t in threading.enumerate() if t.name.startswith("lucidic-sender")]
     print("SENDER_THREADS", len(senders), flush=True)
     print("SID", sid, flush=True)
@@ -116,6 +121,9 @@ def test_delivery_runs_in_its_own_process_and_ends_with_the_application(tmp_path
         result = run_instrumented([script, "proc", "20"], _env(path, server.base_url), timeout=60)
         assert result.returncode == 0, result.stderr
         (agent_pid,) = _agents(result.stdout)
+        # Background work: it runs only on CPU time the application does not want.
+        if hasattr(os, "SCHED_IDLE"):
+            assert f"{agent_pid} {os.SCHED_IDLE}" in _lines(result.stdout, "POLICY")
         # The application runs no sender thread: the agent does the HTTP.
         assert _lines(result.stdout, "SENDER_THREADS") == ["0"]
         # The key travels over the pipe, never on a command line anyone can read.

@@ -12,20 +12,19 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from lucidic_otel import sender
+from lucidic_otel import gil, sender
 from lucidic_otel.config import Settings, get_settings
 from lucidic_otel.context import SESSION_ATTRIBUTE
 from lucidic_otel.events import llm_summary, span_to_event
 from lucidic_otel.ids import event_id
 from lucidic_otel.processor import PROCESS_SESSION
 from lucidic_otel.sessions import END, INIT, JOURNAL, LifecycleJournal
-from lucidic_otel.store import YIELD_EVERY, SpanRecord, Store, default_store_path
+from lucidic_otel.store import SpanRecord, Store, default_store_path
 
 logger = logging.getLogger("lucidic_otel")
 
@@ -186,14 +185,14 @@ class LucidicSpanExporter(SpanExporter):
             pid = os.getpid()
             records: List[SpanRecord] = []
             events: List[dict] = []
-            for index, span in enumerate(spans):
-                if index % YIELD_EVERY == YIELD_EVERY - 1:
-                    time.sleep(0)  # let a waiting application thread have the GIL
+            for span in spans:
+                gil.tick()  # long work on the application's GIL
                 record, event = self._record(span, pid)
                 records.append(record)
                 if event is not None:
                     events.append(event)
             self.store.write_batch(records, events)
+            gil.rest()  # the export thread goes back to waiting for spans
             self._wake_sender()
             return SpanExportResult.SUCCESS
         except Exception:

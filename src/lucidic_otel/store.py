@@ -70,6 +70,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
+from lucidic_otel import gil
+
 logger = logging.getLogger("lucidic_otel.store")
 
 SCHEMA_VERSION = 1
@@ -109,14 +111,6 @@ _SPAN_OVERHEAD = 300
 _OUTBOX_OVERHEAD = 120
 _PAGE = 4096  # SQLite's default page size, which this module never changes
 _MAX_LOCAL = _PAGE - 35  # the largest row a table leaf page holds without overflow pages
-
-# Background work on a thread of the application (the exporter's conversion and encoding of a
-# batch, up to 512 spans, some 20 ms of Python) gives the GIL back every this many spans with
-# time.sleep(0). CPython otherwise hands the GIL to a waiting thread only every switch interval
-# (5 ms), and an application thread that wants it during such a burst waits that long: it was
-# the largest part of the p99 an instrumented call sees (bench/app_latency.py). With nobody
-# waiting, the release costs about a microsecond.
-YIELD_EVERY = 8
 
 _COUNTERS = ("spans_written", "events_written", "lifecycle_written", "evicted", "dropped", "errors")
 
@@ -1122,9 +1116,8 @@ class Store:
         groups = batch.groups
         resource_json: Dict[int, str] = {}
         nbytes = 0
-        for index, span in enumerate(spans):
-            if index % YIELD_EVERY == YIELD_EVERY - 1:
-                time.sleep(0)  # see YIELD_EVERY
+        for span in spans:
+            gil.tick()  # long work on the application's GIL
             attributes = _dumps(span.attributes) if span.attributes else "{}"
             span_events = _dumps(span.events) if span.events else "[]"
             resource = span.resource
@@ -1175,9 +1168,8 @@ class Store:
                 group.end = end
             if span.service is not None:
                 group.services.add(_text(span.service) if sanitize else span.service)
-        for index, event in enumerate(events):
-            if index % YIELD_EVERY == YIELD_EVERY - 1:
-                time.sleep(0)
+        for event in events:
+            gil.tick()  # long work on the application's GIL
             body = _dumps(event)
             get = event.get if isinstance(event, Mapping) else (lambda _key: None)
             session_id = get("session_id")
