@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 
 import pytest
 from support.contract_server import ContractServer
-from support.launcher import clean_env, run_instrumented, spawn_instrumented, stop, write_script
+from support.launcher import delivery_env, run_instrumented, spawn_instrumented, stop, write_script
 
 from lucidic_otel import agent as agent_module
 from lucidic_otel import sender as sender_module
@@ -73,13 +73,7 @@ APP = """
 
 
 def _env(store: Path, base_url: str, **extra: str) -> Dict[str, str]:
-    return clean_env(
-        LUCIDIC_STORE_PATH=str(store),
-        LUCIDIC_API_KEY=API_KEY,
-        LUCIDIC_AGENT_ID=AGENT,
-        LUCIDIC_BASE_URL=base_url,
-        **extra,
-    )
+    return delivery_env(store, base_url, API_KEY, AGENT, **extra)
 
 
 def _lines(output: str, prefix: str) -> List[str]:

@@ -27,7 +27,13 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from support.contract_server import ContractServer, Faults
-from support.launcher import clean_env, run_instrumented, spawn_instrumented, stop, write_script
+from support.launcher import (
+    delivery_env,
+    run_instrumented,
+    spawn_instrumented,
+    stop,
+    write_script,
+)
 
 from lucidic_otel import sender as sender_module
 from lucidic_otel import upload
@@ -621,13 +627,7 @@ APP = """
 
 
 def _app_env(store_path: Path, base_url: str, **extra: str) -> Dict[str, str]:
-    return clean_env(
-        LUCIDIC_STORE_PATH=str(store_path),
-        LUCIDIC_API_KEY=API_KEY,
-        LUCIDIC_AGENT_ID=AGENT,
-        LUCIDIC_BASE_URL=base_url,
-        **extra,
-    )
+    return delivery_env(store_path, base_url, API_KEY, AGENT, **extra)
 
 
 def _free_port() -> int:

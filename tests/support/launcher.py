@@ -70,6 +70,19 @@ def clean_env(**overrides: str | None) -> dict[str, str]:
     return env
 
 
+def delivery_env(
+    store: Path, base_url: str, api_key: str, agent_id: str, **overrides: str | None
+) -> dict[str, str]:
+    """:func:`clean_env` for an application that delivers ``store`` to ``base_url``."""
+    return clean_env(
+        LUCIDIC_STORE_PATH=str(store),
+        LUCIDIC_API_KEY=api_key,
+        LUCIDIC_AGENT_ID=agent_id,
+        LUCIDIC_BASE_URL=base_url,
+        **overrides,
+    )
+
+
 def otlp_env(endpoint: str) -> dict[str, str]:
     """Variables that select the stock OTLP/HTTP protobuf trace exporter sending to ``endpoint``.
 
