@@ -605,7 +605,13 @@ class Sender:
                 continue  # their dependents (a session's end) may be claimable now
             # Idle: nothing in flight and nothing claimable right now.
             wake_at: Optional[float] = None
-            due = None if self._stats.halted else self._store.next_due_at()
+            if self._stats.halted is None and time.time() < self._pause_until:
+                # Paused (an outage, Retry-After): nothing is claimed before the pause ends, so
+                # a wake-up need not read the outbox (a scan of everything pending, which
+                # grows for as long as the backend is away).
+                due: Optional[float] = self._pause_until
+            else:
+                due = None if self._stats.halted else self._store.next_due_at()
             if due is not None:
                 wake_at = max(due, self._pause_until)
             settled = (
