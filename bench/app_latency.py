@@ -28,7 +28,9 @@ SDK and the exporter spend about 0.6 ms of the application's own CPU per call wh
 backend does (p50 (b)/(a) is about 1.5), so no in-process instrumentation can be within 5% of
 (a) on such a call; the part this package's delivery controls is (c)-(e) against (b). With a
 model that answers like a real one (``--model-delay-ms 200``), the ratio to (a) is printed on
-the same footing.
+the same footing:
+
+    python bench/app_latency.py --model-delay-ms 50 --rounds 3 --calls 200 --warmup 30
 
     python bench/app_latency.py            # 10 rounds x 1,000 calls per configuration
     python bench/app_latency.py --quick    # seconds, for CI
@@ -222,6 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short run for CI")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--calls", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first")
     parser.add_argument(
         "--model-delay-ms", type=int, default=0,
         help="the fake model answers after this long, as a real one would (default: at once)",
@@ -230,7 +233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model = "gpt-4o-mini" + (f"@{args.model_delay_ms}ms" if args.model_delay_ms > 0 else "")
     rounds = args.rounds or (2 if args.quick else 10)
     calls = args.calls or (150 if args.quick else 1000)
-    warmup = 30 if args.quick else 200
+    warmup = args.warmup if args.warmup is not None else (30 if args.quick else 200)
 
     print("== app latency ==")
     print(machine_line())
