@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import pytest
-from support.contract_server import ContractServer
+from support.contract_server import ContractServer, Faults
 from support.launcher import delivery_env, run_instrumented, spawn_instrumented, stop, write_script
 
 from lucidic_otel import agent as agent_module
@@ -26,6 +26,11 @@ from lucidic_otel import sender as sender_module
 from lucidic_otel.config import load_settings
 from lucidic_otel.sender import Sender
 from lucidic_otel.store import Store
+
+# The tests read the process tree from /proc; the delivery process itself is POSIX-only.
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads the process tree from /proc"
+)
 
 API_KEY = "agent-test-key-0123456789"
 AGENT = "agent-proc"
@@ -122,7 +127,6 @@ def test_delivery_runs_in_its_own_process_and_ends_with_the_application(tmp_path
         assert _lines(result.stdout, "SENDER_THREADS") == ["0"]
         # The key travels over the pipe, never on a command line anyone can read.
         assert all(API_KEY not in line for line in _lines(result.stdout, "CHILD"))
-        assert "OTEL_SDK_DISABLED" not in result.stderr
         sid = _lines(result.stdout, "SID")[0]
         assert len(server.delivered_event_ids()) == 20
         assert server.violations == []
@@ -153,19 +157,67 @@ def test_a_killed_application_leaves_its_agent_to_deliver_the_rest_and_end(
 ) -> None:
     script = write_script(tmp_path, "app.py", APP)
     path = tmp_path / "store.db"
-    with ContractServer(api_key=API_KEY, agent_id=AGENT) as server:
-        app = spawn_instrumented([script, "hang", "10"], _env(path, server.base_url))
+    slow = Faults(rate=1.0, kinds=("slow",), slow_s=0.4)  # delivery is still going on at the kill
+    with ContractServer(api_key=API_KEY, agent_id=AGENT, faults=slow) as server:
+        env = _env(path, server.base_url, LUCIDIC_EXIT_DEADLINE="20")
+        app = spawn_instrumented([script, "hang", "10"], env)
         try:
             assert app.wait_for_line("READY", 30) is not None, app.output()
             (agent_pid,) = _agents(app.output())
             os.killpg(app.pid, signal.SIGKILL)  # the agent has its own session: not hit
+            left = _pending(path)
         finally:
             stop(app, timeout=5)
         assert app.returncode == -signal.SIGKILL
+        assert left > 0, "everything was delivered before the kill: nothing to prove"
         # It sees the pipe close, delivers what is left within the exit deadline, and ends.
-        assert _wait_gone(agent_pid, 15), "the orphaned delivery process did not end"
+        assert _wait_gone(agent_pid, 30), "the orphaned delivery process did not end"
         assert len(server.delivered_event_ids()) == 10
         assert server.violations == []
+    assert _pending(path) == 0  # (a killed application never records its session's end)
+
+
+def test_an_agent_that_died_is_replaced_by_threads_at_exit(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    with ContractServer(api_key=API_KEY, agent_id=AGENT) as server:
+        store = Store(path)
+        settings = load_settings({
+            "LUCIDIC_API_KEY": API_KEY, "LUCIDIC_AGENT_ID": AGENT,
+            "LUCIDIC_BASE_URL": server.base_url,
+        })
+        agent = agent_module.DeliveryAgent(store, settings)
+        assert agent.start()
+        agent.wake()
+        os.kill(agent._proc.pid, signal.SIGKILL)  # out of memory, say, after the last write
+        agent._proc.wait(10)
+        store.record_session_init("orphaned", {"session_id": "orphaned"})
+        sender_module._senders[str(store.path)] = agent
+        try:
+            sender_module.deliver_at_exit(10.0)
+        finally:
+            sender_module._senders.pop(str(store.path), None)
+            sender_module._exited = False
+        assert [b["session_id"] for b in server.inits] == ["orphaned"]
+        assert store.outbox_counts()["pending"] == 0
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("executable", "frozen", "runnable"),
+    [("python3.11", False, True), ("pypy3", False, True), ("uwsgi", False, False),
+     ("myapp", True, False), ("python3", True, False)],
+)
+def test_only_a_real_python_runs_the_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, executable: str, frozen: bool,
+    runnable: bool,
+) -> None:
+    binary = tmp_path / executable
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(binary))
+    if frozen:
+        monkeypatch.setattr(sys, "frozen", True, raising=False)
+    assert (agent_module.runnable_python() == str(binary)) is runnable
 
 
 def test_agent_environment_drops_the_launchers_auto_instrumentation() -> None:
@@ -186,6 +238,7 @@ def test_no_python_to_run_falls_back_to_threads(
         {"LUCIDIC_API_KEY": "k", "LUCIDIC_AGENT_ID": "a", "LUCIDIC_BASE_URL": "http://127.0.0.1:9"}
     )
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    monkeypatch.setattr(sender_module, "_agent_failures", 0)
     delivery: Optional[object] = None
     try:
         delivery = sender_module._start_delivery(store, settings)

@@ -6,6 +6,7 @@ effect on latency is measured by bench/app_latency.py, never asserted here).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import List
 
 import pytest
@@ -13,13 +14,18 @@ import pytest
 from lucidic_otel import gil
 
 
+def _fake_time(monkeypatch: pytest.MonkeyPatch, now: List[float], sleeps: List[float]) -> None:
+    """Only gil's view of the time module is replaced; other threads keep the real one."""
+    clock = SimpleNamespace(perf_counter=lambda: now[0], sleep=sleeps.append)
+    monkeypatch.setattr(gil, "time", clock)
+
+
 def test_releases_once_per_burst_and_rest_starts_a_new_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = [100.0]
     sleeps: List[float] = []
-    monkeypatch.setattr(gil.time, "perf_counter", lambda: now[0])
-    monkeypatch.setattr(gil.time, "sleep", sleeps.append)
+    _fake_time(monkeypatch, now, sleeps)
     step = gil.BURST_S / 10  # ten units of work per burst
 
     gil.rest()
@@ -42,8 +48,7 @@ def test_each_thread_has_its_own_burst(monkeypatch: pytest.MonkeyPatch) -> None:
 
     now = [5.0]
     sleeps: List[float] = []
-    monkeypatch.setattr(gil.time, "perf_counter", lambda: now[0])
-    monkeypatch.setattr(gil.time, "sleep", sleeps.append)
+    _fake_time(monkeypatch, now, sleeps)
     gil.rest()
     gil.tick()
     now[0] += 2 * gil.BURST_S

@@ -771,6 +771,38 @@ def test_switch_mid_run_carries_what_the_file_still_owes(
     assert rows == [("s1", "delivered"), ("e1", "delivered")]
 
 
+def test_switch_keeps_the_backend_id_of_an_open_session_with_nothing_pending(
+    tmp_path: Path,
+) -> None:
+    s = Store(tmp_path / "store.db")
+    init = s.record_session_init("s1", {})
+    assert init is not None and s.mark_delivered([init])
+    assert s.set_session_alias("s1", "backend-1")
+    s._local.conn.execute("PRAGMA query_only=1")
+    assert s.write_batch([], [event("s1", "e1")])
+    assert s.stats()["mode"] == "memory"
+    assert s.session_aliases(["s1"]) == {"s1": "backend-1"}  # later events keep the backend id
+    s.close()
+
+
+def test_a_newer_versions_file_is_neither_carried_nor_marked(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    s = Store(path)
+    assert s.write_batch([], [event("s", "e1")])
+    s.close()
+    with sqlite3.connect(str(path)) as conn:
+        conn.execute("PRAGMA user_version=99")
+    before = path.read_bytes()
+    s = Store(path)
+    assert s.write_batch([], [event("s", "e2")])
+    assert s.stats()["mode"] == "memory"
+    items = s.claim_pending(10, now=time.time())
+    assert [i.key for i in items] == ["e2"]  # nothing of the newer file
+    assert s.mark_delivered([i.seq for i in items])
+    s.close()
+    assert path.read_bytes() == before
+
+
 def test_close_after_switch_counts_only_what_the_file_lacks(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -4,7 +4,7 @@ Run a program unchanged under ``opentelemetry-instrument`` and every span is sta
 session; use this API to scope work into sessions. See README.md.
 
 The names below are imported on first use (PEP 562): ``import lucidic_otel`` itself costs
-nothing, which matters for the delivery helper process (``python -m lucidic_otel.agent``), a
+nothing, which matters for the delivery helper process (``lucidic_otel.agent``), a
 package module that needs none of the API or the SDK behind it.
 """
 

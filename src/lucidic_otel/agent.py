@@ -29,10 +29,12 @@ Lifecycle
     parent's agent: it closes its copies of the pipes and starts its own when it writes. It
     runs as background work (``SCHED_IDLE`` on Linux, else nice 10): on a busy machine the
     application's threads go first. At exit the application waits for its answer only if it
-    wrote something; otherwise it just tells it to stop. Where an agent cannot be started (no
-    Python executable to run, as inside some embedded interpreters, or the start fails),
-    delivery falls back to sender threads in the application and says so once.
-    ``LUCIDIC_DELIVERY=thread`` selects that on purpose.
+    wrote something; otherwise it just tells it to stop. For its final delivery it leaves
+    ``SCHED_IDLE`` (for nice 10), so other busy processes cannot starve that deadline. Where
+    an agent cannot be started (not POSIX, a frozen application, an embedding host such as
+    uWSGI whose ``sys.executable`` is not a Python, or the start fails), delivery falls back to
+    sender threads in the application and says so once; so does a helper that dies, up to
+    three times. ``LUCIDIC_DELIVERY=thread`` selects threads on purpose.
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ logger = logging.getLogger("lucidic_otel.agent")
 _AUTO_INSTRUMENTATION_DIR = os.path.join("opentelemetry", "instrumentation", "auto_instrumentation")
 _REPLY_MARGIN_S = 2.0  # the agent's stop after a drain, and its start if it was still starting
 _STOP_S = 0.5
+_POLL_S = 0.5  # how soon the command loop notices SIGTERM
+# ``python -c`` puts the working directory first on sys.path; a user's ``json.py`` or
+# ``http/`` there must not shadow the standard library in the process that holds the key.
+_BOOT = "import sys; del sys.path[0]; from lucidic_otel.agent import main; sys.exit(main())"
 _NICENESS = 10
 # The agent's exit status when the store file cannot be used: the application then delivers
 # from threads, with its own store's memory fallback, and it is the one that warns.
@@ -80,6 +86,10 @@ class DeliveryAgent:
     @property
     def store(self) -> Store:
         return self._store
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
 
     @property
     def halted(self) -> Optional[str]:
@@ -105,9 +115,12 @@ class DeliveryAgent:
 
     def start(self) -> bool:
         """Start the process; False if it could not be (the caller falls back to threads)."""
-        executable = sys.executable
-        if not executable or not os.path.exists(executable):
-            logger.info("lucidic-otel: no Python executable to run a delivery process")
+        executable = runnable_python()
+        if executable is None:
+            logger.info(
+                "lucidic-otel: no Python interpreter to run a delivery process in (%r); "
+                "delivering from threads in this process", sys.executable,
+            )
             return False
         config = {
             "store": str(self._store.path),
@@ -118,28 +131,35 @@ class DeliveryAgent:
             "blob_threshold": self._settings.blob_threshold,
             "exit_deadline_s": self._settings.exit_deadline_s,
         }
+        proc: Optional[subprocess.Popen] = None
         try:
             proc = subprocess.Popen(
-                [executable, "-m", "lucidic_otel.agent"],
+                [executable, "-c", _BOOT],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=agent_environment(os.environ),
                 close_fds=True,
                 start_new_session=True,
             )
+            self._proc = proc
+            assert proc.stdin is not None
+            os.set_blocking(proc.stdin.fileno(), False)
+            if self._send((json.dumps(config) + "\n").encode()):
+                return True
+            raise OSError("the delivery process did not take its settings")
         except Exception as exc:  # noqa: BLE001 - fall back to threads
             logger.warning(
                 "lucidic-otel: could not start the delivery process (%s: %s); delivering "
                 "from threads in this process instead", type(exc).__name__, exc,
             )
-            return False
-        self._proc = proc
-        assert proc.stdin is not None
-        os.set_blocking(proc.stdin.fileno(), False)
-        if not self._send((json.dumps(config) + "\n").encode()):
             self._dead = True
+            if proc is not None:
+                try:
+                    proc.kill()
+                except OSError:
+                    pass
+                self._close(wait_s=1.0)
             return False
-        return True
 
     def wake(self) -> None:
         """Tell the agent to look now: one small write to a non-blocking pipe."""
@@ -157,6 +177,7 @@ class DeliveryAgent:
         proc = self._proc
         if proc is None or self._pid != os.getpid():
             return None
+        stop = stop or deadline_s <= 0  # no time to deliver: do not wait for it either
         reply: Optional[Dict[str, Any]] = None
         with self._lock:
             if not self._dead:
@@ -185,8 +206,8 @@ class DeliveryAgent:
         proc = self._proc
         if proc is None or proc.stdin is None:
             return False
-        fd = proc.stdin.fileno()
         try:
+            fd = proc.stdin.fileno()  # ValueError once closed (exit raced a wake-up)
             written = 0
             end = time.monotonic() + 1.0
             while written < len(data):
@@ -199,7 +220,7 @@ class DeliveryAgent:
                         return False
                     select.select([], [fd], [], 0.05)
             return True
-        except OSError:  # the agent is gone
+        except (OSError, ValueError):  # the agent is gone, or the pipe closed at exit
             self._dead = True
             return False
 
@@ -243,6 +264,22 @@ class DeliveryAgent:
             pass  # it ends by itself once its own deadline passes
 
 
+def runnable_python() -> Optional[str]:
+    """The interpreter to run the agent with, or None where there is no usable one.
+
+    POSIX only (the pipes are non-blocking and polled with ``select``). Not from a frozen
+    application (``sys.executable`` is the application itself) nor from an embedding host such
+    as uWSGI (``sys.executable`` is not a Python): starting that would start the application.
+    """
+    executable = sys.executable
+    if os.name != "posix" or getattr(sys, "frozen", False) or not executable:
+        return None
+    name = os.path.basename(executable).lower()
+    if not name.startswith(("python", "pypy")) or not os.access(executable, os.X_OK):
+        return None
+    return executable
+
+
 def agent_environment(env: Mapping[str, str]) -> Dict[str, str]:
     """The agent's environment: the application's, without the launcher's auto-instrumentation."""
     out = dict(env)
@@ -263,12 +300,41 @@ def agent_environment(env: Mapping[str, str]) -> Dict[str, str]:
 # ------------------------------------------------------------------------ the agent process
 
 
-class _TerminatedError(Exception):
-    pass
+_terminated = threading.Event()
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _TerminatedError()
+    # Only a flag: an exception raised from a handler could land anywhere (inside a store
+    # transaction, between a drain and its reply). The command loop polls it.
+    _terminated.set()
+
+
+class _Commands:
+    """Lines from the application on stdin, read with a timeout so SIGTERM is noticed."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = b""
+        self.closed = False
+
+    def next(self, timeout: float) -> Optional[bytes]:
+        """The next line, or None when none came within ``timeout`` (or the pipe closed)."""
+        while b"\n" not in self._buffer:
+            if self.closed:
+                return None
+            try:
+                ready, _, _ = select.select([self._fd], [], [], timeout)
+            except InterruptedError:  # pragma: no cover - retried by PEP 475
+                return None
+            if not ready:
+                return None
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                self.closed = True
+                return None
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line
 
 
 def lower_priority() -> str:
@@ -293,6 +359,20 @@ def lower_priority() -> str:
         return f"nice {_NICENESS}"
     except OSError:
         return "unchanged"
+
+
+def raise_priority_for_exit() -> None:
+    """The final delivery has a deadline: leave ``SCHED_IDLE`` (allowed without privileges) so
+    that a machine kept busy by other processes cannot starve it; stay at nice 10."""
+    other = getattr(os, "SCHED_OTHER", None)
+    if other is None or not hasattr(os, "sched_setscheduler"):
+        return
+    try:
+        if os.sched_getscheduler(0) != other:
+            os.sched_setscheduler(0, other, os.sched_param(0))
+            os.nice(_NICENESS)
+    except OSError:
+        pass
 
 
 def _store_unusable(exc: BaseException) -> None:
@@ -323,49 +403,51 @@ def _reply(sender: Any, settled: bool) -> bytes:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """The agent process (``python -m lucidic_otel.agent``), started by the application."""
+    """The agent process, started by the application (see the module docstring)."""
     from lucidic_otel.sender import Sender
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
     lower_priority()
-    stdin = sys.stdin.buffer
+    commands = _Commands(sys.stdin.fileno())
+    first = None
+    while first is None and not commands.closed and not _terminated.is_set():
+        first = commands.next(_POLL_S)
     try:
-        config = json.loads(stdin.readline() or b"null")
+        config = json.loads(first or b"null")
         settings = _settings_from(config)
         store = Store(config["store"], max_bytes=int(config["max_bytes"]), delivery_enabled=True)
         store.on_unusable = _store_unusable
-    except (_TerminatedError, ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError) as exc:
         logger.error("lucidic-otel: the delivery process got no usable settings (%s)", exc)
         return 2
     sender = Sender(store, settings).start()
     sender.wake()
     deadline = settings.exit_deadline_s
     stop = False
-    try:
-        while True:
-            line = stdin.readline()
-            if not line:
+    while not _terminated.is_set():
+        line = commands.next(_POLL_S)
+        if line is None:
+            if commands.closed:
                 break  # the application is gone
-            command = line.split()
-            if not command:
-                continue
-            if command[0] == b"w":
-                sender.wake()
-            elif command[0] == b"d":
-                try:
-                    deadline = max(0.0, float(command[1]))
-                except (IndexError, ValueError):
-                    pass
-                break
-            elif command[0] == b"q":
-                stop = True
-                break
-    except _TerminatedError:
-        pass
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finishing now; a second TERM changes nothing
+            continue
+        command = line.split()
+        if not command:
+            continue
+        if command[0] == b"w":
+            sender.wake()
+        elif command[0] == b"d":
+            try:
+                deadline = max(0.0, float(command[1]))
+            except (IndexError, ValueError):
+                pass
+            break
+        elif command[0] == b"q":
+            stop = True
+            break
     settled = False
     if not stop:
+        raise_priority_for_exit()
         settled = sender.drain(deadline)
     sender.stop(timeout_s=_STOP_S)
     try:

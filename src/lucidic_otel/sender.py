@@ -1098,6 +1098,7 @@ _lock = threading.Lock()
 _senders: Dict[str, Any] = {}
 _agent_failures = 0
 _AGENT_MAX_FAILURES = 3
+_exited = False  # deliver_at_exit ran in this process
 _owner_pid = os.getpid()
 _flushes: List[Callable[[], Optional[Callable[[], Any]]]] = []
 _hook_installed = False
@@ -1164,6 +1165,11 @@ def _start_delivery(store: Store, settings: Settings) -> Any:
 def _replace_agent(agent: DeliveryAgent, store: Store, settings: Settings) -> Any:
     """The delivery process died, or the store moved to memory where it cannot follow."""
     global _agent_failures
+    if _exited and not store.in_memory:
+        # After the exit delivery (a late span from the provider's own shutdown): the item is
+        # in the outbox for the next process or `upload`; starting a helper now would outlive
+        # the exit it is part of.
+        return agent
     with _lock:
         if _senders.get(str(store.path)) is agent:
             del _senders[str(store.path)]
@@ -1232,21 +1238,37 @@ def deliver_at_exit(deadline_s: float) -> None:
                     flush()
                 except Exception:  # noqa: BLE001
                     logger.debug("lucidic-otel: exit flush failed", exc_info=True)
+        global _exited
+        _exited = True
         senders = list(_senders.values()) if _owner_pid == os.getpid() else []
         threads = [sender for sender in senders if isinstance(sender, Sender)]
         last_errors: Dict[int, Optional[str]] = {}
+        quiet: List[Any] = []
         for agent in senders:
             if isinstance(agent, DeliveryAgent):
-                # Started early but never given anything: no reason to wait for it.
-                reply = agent.finish(max(0.0, end - time.monotonic()), stop=not agent.woken)
+                if not agent.woken:
+                    # Started early but given nothing by this process: no reason to wait for
+                    # it, nor to speak for what other processes left in the store.
+                    agent.finish(0.0, stop=True)
+                    quiet.append(agent)
+                    continue
+                gone = not agent.alive
+                reply = agent.finish(max(0.0, end - time.monotonic()))
                 last_errors[id(agent)] = (reply or {}).get("last_error")
+                if reply is None and gone and not agent.store.in_memory:
+                    # It died since the last write (killed, out of memory): deliver from here
+                    # in what is left of the deadline.
+                    fallback = Sender(agent.store, agent.settings)
+                    threads.append(fallback)
+                    senders.append(fallback)
+                    quiet.append(agent)  # the fallback speaks for the store
         for sender in threads:
             sender.drain(max(0.0, end - time.monotonic()))
         for sender in threads:
             sender.stop(timeout_s=max(0.0, min(0.5, end - time.monotonic())))
             last_errors[id(sender)] = sender.stats.last_error
         for sender in senders:
-            if sender.halted is not None:
+            if sender.halted is not None or any(sender is q for q in quiet):
                 continue
             pending = sender.store.outbox_counts().get("pending", 0)
             if pending:

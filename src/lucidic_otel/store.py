@@ -613,7 +613,9 @@ class Store:
         max_bytes: int = DEFAULT_MAX_BYTES,
         delivery_enabled: bool = True,
     ):
-        self._path = Path(path)
+        # Absolute once: a later chdir must not move the store (nor part the application
+        # from its delivery process, which opens it by name).
+        self._path = Path(os.path.abspath(os.fspath(path)))
         self._max_bytes = max(int(max_bytes), _MIN_MAX_BYTES)
         # Without delivery (no API key) the outbox is just the local store: nothing is "waiting",
         # so reaching the cap is routine housekeeping, reported at info level, not a warning.
@@ -1451,7 +1453,10 @@ class Store:
                 self._counters["errors"] += 1
             if self._mem_conn is None:
                 self._mem_conn = _open_memory()
-            items, sessions = self._carry_into(self._mem_conn)
+            # A newer version's file is never written, so nothing of it is carried (its items
+            # would be marked in it) and a damaged one has nothing readable.
+            carry = not isinstance(exc, _UnusableStoreError)
+            items, sessions = self._carry_into(self._mem_conn) if carry else (0, 0)
         carried = (
             f" {items} undelivered items and {sessions} open sessions were carried over from "
             "the file, which keeps them too, for the next process or `lucidic-otel upload`."
@@ -1480,6 +1485,8 @@ class Store:
         except Exception:  # noqa: BLE001 - nothing to carry from a file that will not open
             return 0, 0
         try:
+            if src.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                return 0, 0  # not a file this version writes
             try:
                 # Waits for a writer that committed to the file before the switch.
                 src.execute("BEGIN IMMEDIATE")
@@ -1497,7 +1504,8 @@ class Store:
                 row for row in src.execute(_CARRY_SESSIONS)
                 if row[0] in sids or (row[1] and row[7] is None)
             ]
-            aliases = [row for row in src.execute(_CARRY_ALIASES) if row[0] in sids]
+            carried_sids = sids | {row[0] for row in session_rows}
+            aliases = [row for row in src.execute(_CARRY_ALIASES) if row[0] in carried_sids]
             src.execute("ROLLBACK")
         except Exception as exc:  # noqa: BLE001 - a damaged file carries nothing
             logger.debug("nothing carried from %s: %s", self._path, exc)
