@@ -113,6 +113,18 @@ def _pending(path: Path) -> int:
         return conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
 
 
+def _started_agent(store: Store, server: ContractServer) -> agent_module.DeliveryAgent:
+    """A delivery process for ``store`` started directly (no launcher), already woken."""
+    settings = load_settings({
+        "LUCIDIC_API_KEY": API_KEY, "LUCIDIC_AGENT_ID": AGENT,
+        "LUCIDIC_BASE_URL": server.base_url,
+    })
+    agent = agent_module.DeliveryAgent(store, settings)
+    assert agent.start()
+    agent.wake()
+    return agent
+
+
 def test_delivery_runs_in_its_own_process_and_ends_with_the_application(tmp_path: Path) -> None:
     script = write_script(tmp_path, "app.py", APP)
     path = tmp_path / "store.db"
@@ -181,13 +193,7 @@ def test_an_agent_that_died_is_replaced_by_threads_at_exit(tmp_path: Path) -> No
     path = tmp_path / "store.db"
     with ContractServer(api_key=API_KEY, agent_id=AGENT) as server:
         store = Store(path)
-        settings = load_settings({
-            "LUCIDIC_API_KEY": API_KEY, "LUCIDIC_AGENT_ID": AGENT,
-            "LUCIDIC_BASE_URL": server.base_url,
-        })
-        agent = agent_module.DeliveryAgent(store, settings)
-        assert agent.start()
-        agent.wake()
+        agent = _started_agent(store, server)
         os.kill(agent._proc.pid, signal.SIGKILL)  # out of memory, say, after the last write
         agent._proc.wait(10)
         store.record_session_init("orphaned", {"session_id": "orphaned"})
@@ -260,13 +266,7 @@ def test_agent_answers_a_drain_with_its_counts(tmp_path: Path) -> None:
             "type": "generic", "payload": {"details": "x"},
             "occurred_at": "2026-11-25T12:00:00+00:00", "duration": 0.1,
         }])
-        settings = load_settings({
-            "LUCIDIC_API_KEY": API_KEY, "LUCIDIC_AGENT_ID": AGENT,
-            "LUCIDIC_BASE_URL": server.base_url,
-        })
-        agent = agent_module.DeliveryAgent(store, settings)
-        assert agent.start()
-        agent.wake()
+        agent = _started_agent(store, server)
         reply = agent.finish(10.0)
         assert reply is not None, "no answer from the delivery process"
         assert reply["settled"] is True and reply["delivered"] == 2, reply
