@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -52,12 +51,13 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+
+from _machine import machine_lines  # noqa: E402
 
 from lucidic_otel.demo.fake_openai import FakeOpenAIServer  # noqa: E402
 
@@ -98,17 +98,6 @@ WORKER = """
 """
 
 
-def machine_line() -> str:
-    versions = []
-    for package in ("opentelemetry-sdk", "openai", "lucidic-otel"):
-        try:
-            versions.append(f"{package} {metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            versions.append(f"{package} ?")
-    return (
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} "
-        f"{platform.release()}, Python {platform.python_version()}; " + ", ".join(versions)
-    )
 
 
 def free_port() -> int:
@@ -236,7 +225,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warmup = args.warmup if args.warmup is not None else (30 if args.quick else 200)
 
     print("== app latency ==")
-    print(machine_line())
+    for line in machine_lines("openai"):
+        print(line)
     print(
         f"{rounds} rounds x {calls} calls per configuration (after {warmup} warm-up calls), "
         "interleaved, each configuration in its own process; model reply delay "

@@ -28,7 +28,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import signal
 import socket
 import sqlite3
@@ -40,13 +39,13 @@ import threading
 import time
 from argparse import Namespace
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from _machine import machine_lines  # noqa: E402
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from support.contract_server import TRANSIENT_FAULTS, ContractServer, Faults  # noqa: E402
@@ -85,17 +84,6 @@ KILLED_CHILD = """
 """
 
 
-def machine_line() -> str:
-    versions = []
-    for package in ("opentelemetry-sdk", "lucidic-otel"):
-        try:
-            versions.append(f"{package} {metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            versions.append(f"{package} ?")
-    return (
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} "
-        f"{platform.release()}, Python {platform.python_version()}; " + ", ".join(versions)
-    )
 
 
 # ------------------------------------------------------------------------------ recording
@@ -385,7 +373,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sessions, pairs = (2, 15) if args.quick else (4, 100)
 
     print("== faults ==")
-    print(machine_line())
+    for line in machine_lines():
+        print(line)
     print(
         f"{sessions} sessions x {pairs} tool+LLM pairs = {sessions * pairs * 2} events per "
         f"scenario; request timeout {TIMEOUT_S:g} s, backoff 50 ms .. 1 s"
