@@ -200,13 +200,29 @@ def test_one_scope_object_entered_by_interleaved_tasks(caplog: pytest.LogCapture
     assert not [r for r in caplog.records if "detach" in r.getMessage()]
 
 
-def test_a_span_open_before_the_scope_keeps_its_session(pipeline: Pipeline) -> None:
-    sid = new_id()
-    with pipeline.tracer.start_as_current_span("before"):
-        with lucidic_otel.session(sid):
-            with pipeline.tracer.start_as_current_span("child"):
-                pass
-    assert pipeline.sessions() == {"before": None, "child": sid}
+def test_the_span_a_scope_opens_in_joins_it_unless_it_has_a_session(pipeline: Pipeline) -> None:
+    """A server span started before the handler's scope becomes part of the scope's session;
+    one that already carries a session (from upstream baggage, an outer scope) keeps it, and
+    only the enclosing span is reached, never its ancestors."""
+    sid, outer = new_id(), new_id()
+    with pipeline.tracer.start_as_current_span("grandparent"):
+        with pipeline.tracer.start_as_current_span("before"):
+            with lucidic_otel.session(sid):
+                with pipeline.tracer.start_as_current_span("child"):
+                    pass
+    with lucidic_otel.session(outer):
+        with pipeline.tracer.start_as_current_span("stamped"):
+            token = lucidic_otel.set_active_session(sid)
+            pipeline.tracer.start_span("inner").end()
+            lucidic_otel.clear_active_session(token)
+    ended = pipeline.tracer.start_span("ended")
+    ended.end()
+    with trace.use_span(ended), lucidic_otel.session(sid):
+        pass
+    assert pipeline.sessions() == {
+        "grandparent": None, "before": sid, "child": sid, "stamped": outer, "inner": sid,
+        "ended": None,
+    }
 
 
 def test_session_as_an_async_context_manager(pipeline: Pipeline) -> None:

@@ -542,7 +542,14 @@ def test_doctor_with_opentelemetry_distro_installed(recorded: Dict[str, Any]) ->
     assert {d["distribution"] for d in launcher["distros"]} >= {"opentelemetry-distro",
                                                                "lucidic-otel"}
     assert launcher["distro"]["name"] == installed[0]  # first found wins
-    assert any("OTEL_PYTHON_DISTRO is unset" in p for p in unset["problems"])
+    # A note, not a problem: sessions are recorded whoever wins, and the pipeline says how.
+    assert any("OTEL_PYTHON_DISTRO is unset" in n for n in unset["notes"])
+    assert not any("OTEL_PYTHON_DISTRO is unset" in p for p in unset["problems"])
+    assert unset["launcher"]["distro_how"] == "raced"
+    assert unset["pipeline"]["attached"] is True
+    assert unset["pipeline"]["by"] == (
+        "exporter list" if installed[0] == "lucidic" else "lucidic-otel"
+    )
 
     chosen = _doctor_json(cli_env(recorded["store"], OTEL_PYTHON_DISTRO="lucidic"))
     launcher = chosen["launcher"]

@@ -88,11 +88,12 @@ def store(tmp_path: Path):
 # ------------------------------------------------------------------------------ location
 
 
-def test_default_store_path_honours_override_then_xdg_then_home() -> None:
+def test_default_store_path_is_xdg_then_home_and_ignores_the_variable() -> None:
+    # LUCIDIC_STORE_PATH belongs to config (Settings.store_path): an invalid value it rejected
+    # must not be opened here behind its back.
     assert default_store_path({"LUCIDIC_STORE_PATH": "/x/y.db", "XDG_DATA_HOME": "/d"}) == Path(
-        "/x/y.db"
+        "/d/lucidic-otel/store.db"
     )
-    assert default_store_path({"LUCIDIC_STORE_PATH": "~/t.db", "HOME": "/h"}) == Path("/h/t.db")
     assert default_store_path({"XDG_DATA_HOME": "/d", "HOME": "/h"}) == Path(
         "/d/lucidic-otel/store.db"
     )

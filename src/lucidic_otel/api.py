@@ -25,12 +25,12 @@ from typing import (
     Union,
 )
 
-from opentelemetry import baggage, propagate
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
-from lucidic_otel import bootstrap
-from lucidic_otel.config import ConfigError, Settings, get_settings, reset_settings
+from lucidic_otel import bootstrap, launch
+from lucidic_otel.config import ConfigError, Settings, get_settings, set_overrides
 from lucidic_otel.context import (
     BAGGAGE_KEY,
     active_session,
@@ -38,7 +38,7 @@ from lucidic_otel.context import (
     context_without_session,
 )
 from lucidic_otel.ids import new_session_id, session_id_error
-from lucidic_otel.processor import PROCESS_SESSION
+from lucidic_otel.processor import PROCESS_SESSION, adopt
 from lucidic_otel.propagation import extract_env as _extract_env
 from lucidic_otel.propagation import inject_env as _inject_env
 from lucidic_otel.sessions import REGISTRY, flush_spans
@@ -117,12 +117,14 @@ def _checked_fields(where: str, fields: Dict[str, Any]) -> Dict[str, Any]:
 def _configure_sdk(instrument: Optional[Iterable[str]]) -> None:
     """Make a plain ``python app.py`` look as if it ran under ``opentelemetry-instrument``.
 
-    Uses the same distro and configurator with the same variables, never replaces an existing
-    SDK provider, and never adds the processor twice.
+    Uses the same distro and configurator with the same variables, and only where no provider
+    is set yet: a provider the application built (SDK or not) is never replaced; an SDK one
+    gets the session processor and the lucidic pipeline added, each once (``bootstrap``).
     """
     from lucidic_otel.distro import LucidicConfigurator, LucidicDistro
 
-    if bootstrap.sdk_provider() is None:
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        launch.RAN.by_init = True
         LucidicDistro().configure()
         LucidicConfigurator().configure()
     bootstrap.after_sdk_ready()
@@ -176,11 +178,8 @@ def init(
     spans. Outside the launcher this also configures the SDK from the usual variables.
     """
     if api_key is not None or agent_id is not None:
-        if api_key is not None:
-            os.environ["LUCIDIC_API_KEY"] = api_key
-        if agent_id is not None:
-            os.environ["LUCIDIC_AGENT_ID"] = agent_id
-        reset_settings()
+        # In memory only: os.environ would hand the key to every child process.
+        set_overrides(LUCIDIC_API_KEY=api_key, LUCIDIC_AGENT_ID=agent_id)
     settings = get_settings()
     try:
         _configure_sdk(instrument)
@@ -221,6 +220,14 @@ def _start_process_session(settings: Settings) -> None:
     os.environ.pop("LUCIDIC_SESSION_NAME", None)
 
 
+def _adopt_current_span(session_id: str) -> None:
+    """The span a scope opens inside (a server span) joins the scope's session if it has none."""
+    try:
+        adopt(trace.get_current_span(), session_id)
+    except Exception:  # telemetry must never stop the work itself
+        logger.debug("lucidic-otel: could not stamp the enclosing span", exc_info=True)
+
+
 # The tokens of entered ``session`` blocks, per context: a token can only be detached in the
 # context (thread or task) that attached it, and one ``session`` object may be entered by
 # several threads or tasks at once. Only tokens live here; the session itself lives in the
@@ -249,6 +256,7 @@ class session:  # noqa: N801 - a context manager named like a function, as conte
         if not self._opened:  # on first use, so a decorator at import time records nothing
             self._opened = True
             REGISTRY.open(self.session_id)
+        _adopt_current_span(self.session_id)
         return context_with_session(self.session_id)
 
     def __enter__(self) -> Optional[str]:
@@ -421,6 +429,7 @@ def set_active_session(session_id: str) -> Token:
     if sid is None:
         return otel_context.attach(otel_context.get_current())
     REGISTRY.open(sid)
+    _adopt_current_span(sid)
     return otel_context.attach(context_with_session(sid))
 
 

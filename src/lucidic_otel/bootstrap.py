@@ -1,19 +1,24 @@
-"""What happens once the SDK exists: the processor on the provider, the process session, exit.
+"""What happens once the SDK exists: sessions and the lucidic pipeline on the live provider.
 
 It is reached from three places (our configurator, the post-instrument hook when another
-distro won the launcher's race, and ``init()`` in a plain ``python app.py``) and runs once.
+distro or configurator won the launcher's race, and ``init()`` in a plain ``python app.py``
+or on a provider the application built) and runs once. Whoever set OpenTelemetry up, the live
+SDK provider ends with exactly one session processor and, unless the user's exporter choice
+leaves it out, exactly one lucidic export pipeline, next to whatever else it had.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
 
 from opentelemetry import context, propagate, trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
+from lucidic_otel import launch
 from lucidic_otel.config import get_settings
 from lucidic_otel.processor import PROCESS_SESSION, LucidicSpanProcessor
 from lucidic_otel.propagation import env_has_carrier, extract_env, withhold_session_baggage
@@ -24,6 +29,8 @@ logger = logging.getLogger("lucidic_otel")
 _lock = threading.RLock()
 _processor: Optional[LucidicSpanProcessor] = None
 _ready = False
+#: What the set-up found and did; read by ``doctor``, the exporter (into the store) and tests.
+_report: Dict[str, Any] = {}
 
 
 def session_processor() -> LucidicSpanProcessor:
@@ -41,10 +48,26 @@ def sdk_provider() -> Optional[TracerProvider]:
     return provider if isinstance(provider, TracerProvider) else None
 
 
-def has_session_processor(provider: TracerProvider) -> bool:
+def _span_processors(provider: TracerProvider) -> Tuple[SpanProcessor, ...]:
+    """The processors on ``provider``: the one read of the SDK's private processor list."""
     active = getattr(provider, "_active_span_processor", None)
-    processors = getattr(active, "_span_processors", ())
-    return any(getattr(p, "lucidic_session_processor", False) for p in processors)
+    return tuple(getattr(active, "_span_processors", ()))
+
+
+def has_session_processor(provider: TracerProvider) -> bool:
+    return any(
+        getattr(p, "lucidic_session_processor", False) for p in _span_processors(provider)
+    )
+
+
+def has_lucidic_pipeline(provider: TracerProvider) -> bool:
+    """True when a processor on ``provider`` exports to a lucidic exporter."""
+    from lucidic_otel.exporter import LucidicSpanExporter
+
+    return any(
+        isinstance(getattr(p, "span_exporter", None), LucidicSpanExporter)
+        for p in _span_processors(provider)
+    )
 
 
 def install_processor(provider: Optional[TracerProvider] = None) -> bool:
@@ -56,6 +79,129 @@ def install_processor(provider: Optional[TracerProvider] = None) -> bool:
         if not has_session_processor(provider):
             provider.add_span_processor(session_processor())
     return True
+
+
+def exporter_rule(value: Optional[str], source: str = "the environment") -> Tuple[bool, str]:
+    """Whether the user's ``OTEL_TRACES_EXPORTER`` wants the lucidic pipeline, and why.
+
+    Unset means our default (lucidic). An explicit list is respected as written: ``none``
+    turns export off and a list without ``lucidic`` (say ``otlp`` to a collector) leaves it out
+    on purpose, even when Lucidic credentials are set; the spans still carry session ids.
+    """
+    names = [n.strip() for n in (value or "").split(",") if n.strip()]
+    if not names:
+        return True, "OTEL_TRACES_EXPORTER is unset, and lucidic is the default exporter"
+    if launch.LUCIDIC in names:
+        return True, f"OTEL_TRACES_EXPORTER={value!r} (from {source}) names lucidic"
+    if [n.lower() for n in names] == ["none"]:
+        return False, f"OTEL_TRACES_EXPORTER=none (from {source}) turns trace export off; respected"
+    return False, (
+        f"OTEL_TRACES_EXPORTER={value!r} (from {source}) leaves lucidic out; respected as an "
+        "explicit choice (spans still carry session ids for those exporters)"
+    )
+
+
+def _attach_pipeline(provider: TracerProvider, wanted: bool) -> Optional[str]:
+    """Add the lucidic export pipeline to ``provider`` when wanted and missing.
+
+    Returns who put the pipeline there: ``"exporter list"`` (a configurator made it from
+    ``OTEL_TRACES_EXPORTER``), ``"lucidic-otel"`` (added here), or None (not attached).
+    """
+    if has_lucidic_pipeline(provider):
+        return "exporter list"
+    if not wanted:
+        return None
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from lucidic_otel.exporter import LucidicSpanExporter
+
+    provider.add_span_processor(BatchSpanProcessor(LucidicSpanExporter()))
+    return "lucidic-otel"
+
+
+def _class_path(obj: object) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _launched() -> bool:
+    """True under ``opentelemetry-instrument`` (its sitecustomize imported the launcher)."""
+    return "opentelemetry.instrumentation.auto_instrumentation" in sys.modules
+
+
+def _warn_not_sdk(provider: object) -> None:
+    name = _class_path(provider)
+    if _launched() and type(provider).__name__ == "ProxyTracerProvider":
+        configurator = launch.configurator()
+        logger.warning(
+            "lucidic-otel: no OpenTelemetry SDK tracer provider was set up (configurator: %s), "
+            "so sessions are neither stamped nor recorded; set OTEL_PYTHON_CONFIGURATOR=lucidic "
+            "or install a configurator",
+            configurator.name or "none ran",
+        )
+        return
+    logger.warning(
+        "lucidic-otel: the global tracer provider is %s, not an OpenTelemetry SDK "
+        "TracerProvider, so sessions are neither stamped nor recorded; set an "
+        "opentelemetry.sdk.trace.TracerProvider before calling lucidic_otel.init(), or add "
+        "lucidic_otel's processor and exporter to that vendor's SDK provider",
+        name,
+    )
+
+
+def _selection(sel: launch.Selection) -> Dict[str, Any]:
+    return {"name": sel.name, "how": sel.how}
+
+
+def _attach(provider: TracerProvider) -> Dict[str, Any]:
+    """Processor and pipeline onto ``provider``; the facts, for the report and the warning."""
+    launched = _launched()
+    distro = launch.distro() if launched else launch.Selection(None, "none")
+    configurator = launch.configurator() if launched else launch.Selection(None, "none")
+    if launch.RAN.by_init:
+        distro = configurator = launch.Selection(launch.LUCIDIC, "init")
+    install_processor(provider)
+    if launched:
+        value, source = launch.user_exporters(distro)
+    else:
+        value, source = os.environ.get(launch.EXPORTER_VARIABLE), "the environment"
+    wanted, rule = exporter_rule(value, source)
+    pipeline_by = _attach_pipeline(provider, wanted)
+    settings = get_settings()
+    if pipeline_by is None and settings.delivery_enabled:
+        logger.warning(
+            "lucidic-otel: LUCIDIC_API_KEY and LUCIDIC_AGENT_ID are set, but %s: nothing is "
+            "recorded or delivered to Lucidic; add lucidic to OTEL_TRACES_EXPORTER "
+            "(e.g. OTEL_TRACES_EXPORTER=otlp,lucidic)",
+            rule,
+        )
+    elif pipeline_by == "lucidic-otel" and launched and not configurator.ours:
+        logger.warning(
+            "lucidic-otel: the launcher ran distro %r and configurator %r (%s, not lucidic), so "
+            "the lucidic pipeline was added to their provider next to their exporters; set "
+            "OTEL_PYTHON_DISTRO=lucidic to use lucidic's defaults instead",
+            distro.name,
+            configurator.name,
+            "first found" if "raced" in (distro.how, configurator.how) else "as configured",
+        )
+    return {
+        "launcher": launched,
+        "distro": _selection(distro),
+        "configurator": _selection(configurator),
+        "provider": _class_path(provider),
+        "session_processor": True,
+        "pipeline_attached": pipeline_by is not None,
+        "pipeline_by": pipeline_by,
+        "exporter_value": value,
+        "exporter_value_source": source,
+        "pipeline_rule": rule,
+        "pid": os.getpid(),
+    }
+
+
+def setup_report() -> Dict[str, Any]:
+    """What the set-up of this process found and did (empty before it ran)."""
+    return dict(_report)
 
 
 def _warn_if_baggage_off() -> None:
@@ -84,16 +230,23 @@ def _join_environment() -> None:
         PROCESS_SESSION.session_id = settings.session_id
 
 
+_warned_not_sdk = False
+
+
 def after_sdk_ready() -> bool:
     """Install everything that needs the SDK provider, once. Never raises."""
-    global _ready
+    global _ready, _warned_not_sdk
     with _lock:
         if _ready:
             return True
         try:
-            if not install_processor():
-                logger.debug("lucidic-otel: no SDK tracer provider is set; sessions are inactive")
+            provider = sdk_provider()
+            if provider is None:
+                if not _warned_not_sdk:
+                    _warned_not_sdk = True
+                    _warn_not_sdk(trace.get_tracer_provider())
                 return False
+            _report.update(_attach(provider))
             _ready = True
             _warn_if_baggage_off()
             if not get_settings().propagate:
@@ -103,12 +256,3 @@ def after_sdk_ready() -> bool:
         except Exception:
             logger.exception("lucidic-otel: set-up after SDK initialisation failed")
         return _ready
-
-
-def is_ready() -> bool:
-    return _ready
-
-
-def launched_by_instrument() -> bool:
-    """True under ``opentelemetry-instrument`` (its sitecustomize directory is on the path)."""
-    return "auto_instrumentation" in os.environ.get("PYTHONPATH", "")

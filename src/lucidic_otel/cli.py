@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from lucidic_otel.config import load_settings
+from lucidic_otel.config import DEFAULT_UPLOAD_DEADLINE_S, load_settings
 from lucidic_otel.doctor import (
     StoreUnreadableError,
     check_store_usable,
@@ -36,7 +36,6 @@ from lucidic_otel.version import __version__
 
 PROG = "lucidic-otel"
 DEFAULT_LIMIT = 50
-DEFAULT_UPLOAD_DEADLINE_S = 30.0
 MESSAGE_CHARS = 80
 _NAME_CHARS = 32
 
@@ -180,10 +179,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         _print_json([_session_json(s) for s in sessions])
         return 0
     if not sessions:
-        print(
-            f"No sessions recorded in {args.store} yet. Run a program with "
-            "`OTEL_PYTHON_DISTRO=lucidic opentelemetry-instrument python app.py` to record some."
-        )
+        print(_empty_store_hint(args.store))
         return 0
     rows = [
         (
@@ -204,6 +200,35 @@ def cmd_sessions(args: argparse.Namespace) -> int:
                "TOKENS IN/OUT", "COST USD", "STATUS")
     _table(headers, rows, right=(3, 5, 6, 7, 8))
     return 0
+
+
+def _empty_store_hint(store: Optional[str]) -> str:
+    """Why this store may be empty: the likeliest cause first, from what ``doctor`` sees."""
+    report = diagnose(store)
+    path = report["data"]["store_path"]
+    pipeline = report["pipeline"]
+    lines = [f"No sessions recorded in {path} yet."]
+    if not pipeline["attached"]:
+        lines.append(
+            f"A launched program here would not record any: {pipeline['rule']}. Put lucidic in "
+            "OTEL_TRACES_EXPORTER (e.g. OTEL_TRACES_EXPORTER=otlp,lucidic)."
+        )
+    elif store is None and os.environ.get("LUCIDIC_STORE_PATH") is None:
+        lines.append(
+            "Programs record here when run with `opentelemetry-instrument python app.py` (or "
+            "`lucidic_otel.init()`) in this environment and with no other LUCIDIC_STORE_PATH; "
+            "one run with another LUCIDIC_STORE_PATH or HOME records there instead: pass --store."
+        )
+    else:
+        lines.append(
+            "Run a program with `opentelemetry-instrument python app.py` and the same "
+            "LUCIDIC_STORE_PATH to record some."
+        )
+    lines.append(
+        "`lucidic-otel demo` records into a temporary store it deletes afterwards: run it with "
+        "--keep to keep that store, or --store PATH to record into PATH."
+    )
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------- show
@@ -474,6 +499,12 @@ def _print_doctor(report: Dict[str, Any]) -> None:
     print(f"  OTEL_PYTHON_CONFIGURATOR={launcher['configurator_variable'] or '(unset)'}  ->  "
           f"picks {_dist(launcher['configurator'])}: {launcher['configurator_reason']}")
     print(f"  sessions stamped by: {launcher['sessions_stamped_by'] or 'nothing (no SDK)'}")
+    pipeline = report["pipeline"]
+    by = {"exporter list": "made by the configurator from OTEL_TRACES_EXPORTER",
+          "lucidic-otel": "added by lucidic-otel next to the winner's exporters"}
+    state = f"attached, {by.get(pipeline['by'], pipeline['by'])}" if pipeline["attached"] else (
+        "NOT attached")
+    print(f"  lucidic pipeline ({pipeline['source']}): {state}; rule: {pipeline['rule']}")
 
     propagators = report["propagators"]
     print("\nPropagation")
@@ -529,6 +560,9 @@ def _print_doctor(report: Dict[str, Any]) -> None:
     print(f"  backend: {data['backend_url']}  delivery: "
           f"{f'enabled, from {where}' if data['delivery_enabled'] else 'disabled'}")
 
+    for setup in data.get("recorded_setups", [])[:3]:
+        print(f"  recorded by pid {setup.get('pid')} ({setup.get('service') or '?'}) at "
+              f"{_iso_utc(int(setup['recorded_at'] * 1e9))}: {_setup_line(setup)}")
     for note in report["notes"]:
         print(f"  note: {note}")
     problems = report["problems"]
@@ -538,6 +572,18 @@ def _print_doctor(report: Dict[str, Any]) -> None:
             print(f"  - {problem}")
     else:
         print("\nNo problems found.")
+
+
+def _setup_line(setup: Dict[str, Any]) -> str:
+    """One recorded set-up: who set OpenTelemetry up in that process and how."""
+    if not setup.get("launcher"):
+        how = "init() in plain python" if setup.get("distro", {}).get("how") == "init" else (
+            f"init() on the application's provider {setup.get('provider')}")
+    else:
+        distro, configurator = setup.get("distro") or {}, setup.get("configurator") or {}
+        how = (f"launcher, distro {distro.get('name')!r} ({distro.get('how')}), configurator "
+               f"{configurator.get('name')!r} ({configurator.get('how')})")
+    return f"{how}; pipeline by {setup.get('pipeline_by') or 'nobody'}"
 
 
 def _size(nbytes: Optional[int]) -> str:

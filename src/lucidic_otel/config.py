@@ -26,6 +26,8 @@ REGION_BASE_URLS = {
 }
 TRUST_MODES = ("accept", "ignore", "signed")
 DELIVERY_MODES = ("process", "thread")
+#: How long ``lucidic-otel upload`` keeps trying, unless ``--deadline`` says otherwise.
+DEFAULT_UPLOAD_DEADLINE_S = 30.0
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -231,6 +233,21 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
 
 _lock = threading.Lock()
 _settings: Optional[Settings] = None
+# Values given in code (``init(api_key=...)``): read as if they were variables, kept in this
+# process's memory only, so child processes never inherit a credential through os.environ.
+_overrides: dict[str, str] = {}
+
+
+def set_overrides(**values: Optional[str]) -> None:
+    """Use ``values`` (``LUCIDIC_*`` names) over the environment; settings are read anew."""
+    global _settings
+    with _lock:
+        for name, value in values.items():
+            if value is None:
+                _overrides.pop(name, None)
+            else:
+                _overrides[name] = value
+        _settings = None
 
 
 def get_settings() -> Settings:
@@ -241,7 +258,7 @@ def get_settings() -> Settings:
         return current
     with _lock:
         if _settings is None:
-            loaded = load_settings()
+            loaded = load_settings({**os.environ, **_overrides} if _overrides else None)
             for problem in loaded.problems:
                 logger.warning("lucidic-otel configuration: %s", problem)
             if loaded.strict and loaded.problems:
@@ -252,7 +269,8 @@ def get_settings() -> Settings:
 
 
 def reset_settings() -> None:
-    """Forget the loaded settings (tests, and ``init`` after the environment changed)."""
+    """Forget the loaded settings and any in-code overrides (tests, a changed environment)."""
     global _settings
     with _lock:
         _settings = None
+        _overrides.clear()

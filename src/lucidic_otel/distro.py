@@ -1,10 +1,14 @@
-"""The launcher plug-ins: the ``lucidic`` distro, the ``lucidic`` configurator, and the hook.
+"""The launcher plug-ins: the ``lucidic`` distro, the ``lucidic`` configurator, and two hooks.
 
-The distro only fills in defaults with ``setdefault`` (what the user set always wins); the
-configurator is the stock SDK configurator plus our session processor, passed through the
-supported ``span_processors=`` argument; the post-instrument hook installs the processor when
-another distro or configurator won the launcher's first-found race. None of them raises:
-an exception here would make the launcher skip all instrumentation.
+The distro fills in defaults with ``setdefault`` (what the user set wins), with one deliberate
+override: ``LUCIDIC_CAPTURE_CONTENT=false`` forces the GenAI content-capture variable to
+``NO_CONTENT``, because a privacy switch that another variable could silently undo would not be
+one. The configurator is the stock SDK configurator plus our session processor, passed through
+the supported ``span_processors=`` argument. When another distro or configurator won the
+launcher's first-found race, the pre-instrument hook applies the defaults instrumentors read
+(content capture) and the post-instrument hook adds the session processor and the lucidic
+export pipeline to the provider the winner built (:mod:`lucidic_otel.bootstrap`). None of them
+raises except in strict mode: an exception here makes the launcher skip all instrumentation.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from opentelemetry.instrumentation.distro import BaseDistro
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 from opentelemetry.util._importlib_metadata import entry_points
 
+from lucidic_otel import launch
 from lucidic_otel.bootstrap import after_sdk_ready, session_processor
 from lucidic_otel.config import ConfigError, get_settings
 
@@ -32,6 +37,11 @@ def apply_defaults(environ: os._Environ[str] | dict[str, str]) -> None:
     # An otlp default aimed at a collector that is not there adds ~9 s to every exit.
     environ.setdefault("OTEL_METRICS_EXPORTER", "none")
     environ.setdefault("OTEL_LOGS_EXPORTER", "none")
+    apply_instrumentation_defaults(environ)
+
+
+def apply_instrumentation_defaults(environ: os._Environ[str] | dict[str, str]) -> None:
+    """The defaults that instrumentors read (GenAI message content for LLM events)."""
     if get_settings().capture_content:
         environ.setdefault(CONTENT_CAPTURE_VARIABLE, "SPAN_ONLY")
     else:
@@ -56,15 +66,18 @@ def drop_unknown_exporters(environ: os._Environ[str] | dict[str, str]) -> List[s
     registered = {ep.name for ep in entry_points(group="opentelemetry_traces_exporter")}
     unknown = [n for n in names if n not in registered and n != "otlp"]
     if unknown:
+        kept = [n for n in names if n not in unknown]
         logger.error(
             "lucidic-otel: OTEL_TRACES_EXPORTER=%r names no registered trace exporter: %s; "
-            "allowed: a comma list of %s, or 'none' alone; continuing without it",
+            "allowed: a comma list of %s, or 'none' alone; %s",
             value,
             ", ".join(unknown),
             ", ".join(sorted(registered | {"otlp"})),
+            f"exporting with {','.join(kept)} only"
+            if kept
+            else "no valid name is left, so spans go to lucidic (the local store) instead",
         )
-        kept = [n for n in names if n not in unknown]
-        environ["OTEL_TRACES_EXPORTER"] = ",".join(kept) or "none"
+        environ["OTEL_TRACES_EXPORTER"] = ",".join(kept) or "lucidic"
     return unknown
 
 
@@ -72,6 +85,8 @@ class LucidicDistro(BaseDistro):
     """Entry point ``opentelemetry_distro`` = ``lucidic``."""
 
     def _configure(self, **kwargs: Any) -> None:
+        launch.RAN.distro = True
+        launch.RAN.exporters_before_distro = os.environ.get(launch.EXPORTER_VARIABLE)
         try:
             apply_defaults(os.environ)
         except ConfigError:
@@ -84,6 +99,7 @@ class LucidicConfigurator(_OTelSDKConfigurator):
     """Entry point ``opentelemetry_configurator`` = ``lucidic``: the SDK plus sessions."""
 
     def _configure(self, **kwargs: Any) -> None:
+        launch.RAN.configurator = True
         processors = list(kwargs.pop("span_processors", None) or ())
         try:
             drop_unknown_exporters(os.environ)
@@ -95,6 +111,19 @@ class LucidicConfigurator(_OTelSDKConfigurator):
         super()._configure(span_processors=processors, **kwargs)
         # With OTEL_CONFIG_FILE the SDK ignores span_processors; this adds it in that case.
         after_sdk_ready()
+
+
+def pre_instrument(**kwargs: Any) -> None:
+    """Entry point ``opentelemetry_pre_instrument`` = ``lucidic``: another distro won the race.
+
+    Instrumentors read the content-capture variable when they are applied, which is after this
+    hook; a distro the user chose keeps its own defaults.
+    """
+    try:
+        if not launch.RAN.distro and launch.distro().how != "chosen":
+            apply_instrumentation_defaults(os.environ)
+    except Exception:
+        logger.exception("lucidic-otel: the pre-instrument hook failed")
 
 
 def post_instrument(**kwargs: Any) -> None:

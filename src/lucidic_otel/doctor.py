@@ -181,6 +181,7 @@ def _data(settings: Settings, path: Path) -> Dict[str, Any]:
         "store_error": None,
         "outbox": None,
         "failed_items": [],
+        "recorded_setups": [],
         "backend_url": settings.base_url,
         "delivery_enabled": settings.delivery_enabled,
         "delivery": settings.delivery,
@@ -202,6 +203,7 @@ def _data(settings: Settings, path: Path) -> Dict[str, Any]:
         try:
             counts = store.outbox_counts()
             failed = store.failed_items(limit=FAILED_ITEMS_SHOWN)
+            setups = store.recent_setups()
             check_store_usable(store, messages)
         except StoreUnreadableError as exc:
             data["store_error"] = str(exc)
@@ -209,6 +211,7 @@ def _data(settings: Settings, path: Path) -> Dict[str, Any]:
         finally:
             store.close()
     data["outbox"] = counts
+    data["recorded_setups"] = setups
     data["failed_items"] = [
         {
             "seq": item.seq,
@@ -442,11 +445,12 @@ def _launcher(env: Dict[str, str], problems: List[str], notes: List[str]) -> Dic
     if wanted_distro is None:
         distro_reason = "first found (OTEL_PYTHON_DISTRO is unset)"
         if len(distros) > 1:
-            problems.append(
+            notes.append(
                 f"{len(distros)} distros are installed "
                 f"({', '.join(ep.name for ep in distros)}) and {DISTRO_VARIABLE} is unset: the "
-                f"launcher takes the first one found, in an order that can change; set "
-                f"{DISTRO_VARIABLE}=lucidic"
+                f"launcher takes the first one found, in an order that can change; sessions are "
+                f"recorded either way, but the winner's defaults (exporters) apply; set "
+                f"{DISTRO_VARIABLE}=lucidic to decide it"
             )
     elif picked is not None:
         distro_reason = f"named by {DISTRO_VARIABLE}"
@@ -470,7 +474,7 @@ def _launcher(env: Dict[str, str], problems: List[str], notes: List[str]) -> Dic
                 "no configurator is installed: the SDK is never set up, so no span is exported"
             )
         elif len(configurators) > 1:
-            problems.append(
+            notes.append(
                 f"{len(configurators)} configurators are installed and {CONFIGURATOR_VARIABLE} "
                 f"is unset: the launcher runs the first one found ({configurator.name!r} now), "
                 f"in an order that can change; set {CONFIGURATOR_VARIABLE}=lucidic"
@@ -490,22 +494,71 @@ def _launcher(env: Dict[str, str], problems: List[str], notes: List[str]) -> Dic
     elif configurator.name == LUCIDIC:
         sessions_by = "the lucidic configurator"
     elif LUCIDIC in post_hooks:
-        sessions_by = "the lucidic post-instrument hook (another configurator won)"
+        sessions_by = "the lucidic post-instrument hook (another configurator runs)"
     else:
         sessions_by = None
     return {
         "distros": [_entry(ep) for ep in distros],
         "distro_variable": wanted_distro,
         "distro": picked,
+        "distro_how": "chosen" if wanted_distro else ("raced" if picked else "none"),
         "distro_reason": distro_reason,
         "distros_skipped": distro["skipped"],
         "configurators": [_entry(ep) for ep in configurators],
         "configurator_variable": wanted_configurator,
         "configurator": _entry(configurator) if configurator is not None else None,
+        "configurator_how": _configurator_how(configurator, wanted_configurator),
         "configurator_reason": configurator_reason,
         "sessions_stamped_by": sessions_by,
         "_configurator_ep": configurator,
     }
+
+
+def _configurator_how(configurator: Optional[EntryPoint], wanted: Optional[str]) -> str:
+    if configurator is None:
+        return "none"
+    if wanted is None:
+        return "raced"
+    return "chosen" if os.environ.get(CONFIGURATOR_VARIABLE) else "by-distro"
+
+
+def _pipeline(launcher: Dict[str, Any], env: Mapping[str, str]) -> Dict[str, Any]:
+    """Whether the lucidic export pipeline will be on the provider, by the rule the
+    post-instrument hook applies (:func:`lucidic_otel.bootstrap.exporter_rule`)."""
+    from lucidic_otel.bootstrap import exporter_rule
+
+    configurator = launcher["configurator"]
+    if configurator is None:
+        return {"attached": False, "by": None, "source": "predicted",
+                "rule": "no configurator runs, so there is no SDK provider to attach to"}
+    distro = launcher["distro"]
+    ours = distro is not None and distro["name"] == LUCIDIC
+    if ours or launcher["distro_how"] != "chosen":
+        value, source = os.environ.get(EXPORTER_VARIABLE), "the environment"
+    else:
+        value = env.get(EXPORTER_VARIABLE)
+        source = f"the environment or distro {distro['name']!r}, chosen by {DISTRO_VARIABLE}"
+    wanted, rule = exporter_rule(value, source)
+    effective = [n.strip() for n in (env.get(EXPORTER_VARIABLE) or "").split(",")]
+    if LUCIDIC in effective:
+        by: Optional[str] = "exporter list"
+    elif wanted:
+        by = "lucidic-otel"
+    else:
+        by = None
+    return {"attached": by is not None, "by": by, "rule": rule, "source": "predicted"}
+
+
+def _live_pipeline() -> Optional[Dict[str, Any]]:
+    """The set-up this very process went through (``opentelemetry-instrument lucidic-otel
+    doctor``): the truth, where the rest of the report is a prediction."""
+    from lucidic_otel.bootstrap import setup_report
+
+    live = setup_report()
+    if not live:
+        return None
+    return {"attached": live["pipeline_attached"], "by": live["pipeline_by"],
+            "rule": live["pipeline_rule"], "source": "live", "setup": live}
 
 
 # -------------------------------------------------------------------------- diagnose
@@ -554,11 +607,11 @@ def diagnose(store: Optional[os.PathLike[str] | str] = None) -> Dict[str, Any]:
         instrumentors = _instrumentors(os.environ, problems)
         path = store_path_for(settings, store)
         data = _data(settings, path)
-    if configurator is not None and not any(e["name"] == LUCIDIC for e in exporters["names"]):
+        pipeline = _live_pipeline() or _pipeline(launcher, env)
+    if configurator is not None and not pipeline["attached"]:
         problems.append(
-            f"the lucidic exporter is not selected ({EXPORTER_VARIABLE}="
-            f"{exporters['value']!r}): spans do not reach the local store or Lucidic; use "
-            f"{EXPORTER_VARIABLE}=lucidic (or lucidic,otlp)"
+            f"the lucidic pipeline is not attached ({pipeline['rule']}): spans do not reach the "
+            f"local store or Lucidic; use {EXPORTER_VARIABLE}=lucidic (or lucidic,otlp)"
         )
     if data["store_error"]:
         problems.append(data["store_error"])
@@ -592,6 +645,7 @@ def diagnose(store: Optional[os.PathLike[str] | str] = None) -> Dict[str, Any]:
         },
         "propagators": propagators,
         "exporters": exporters,
+        "pipeline": pipeline,
         "instrumentors": instrumentors,
         "data": data,
         "problems": problems,

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from lucidic_otel import gil, sender
+from lucidic_otel import bootstrap, gil, sender
 from lucidic_otel.config import Settings, get_settings
 from lucidic_otel.context import SESSION_ATTRIBUTE
 from lucidic_otel.events import llm_summary, span_to_event
@@ -82,6 +82,7 @@ class LucidicSpanExporter(SpanExporter):
         self._last_resource: object = None
         self._last_resource_attributes: Dict[str, Any] = {}
         self.failures = 0
+        self._setup_recorded = False
         if self._settings.delivery_enabled:
             # Lifecycle records still in memory at exit are written before the last delivery.
             sender.register_flush(self.force_flush)
@@ -177,10 +178,21 @@ class LucidicSpanExporter(SpanExporter):
         )
         return record, event
 
+    def _record_setup(self, spans: Sequence[ReadableSpan]) -> None:
+        """Once per process: how OpenTelemetry was set up here, for ``doctor`` to show."""
+        report = bootstrap.setup_report()
+        if not report or not spans:
+            return
+        self._setup_recorded = True
+        report["service"] = self._resource_attributes(spans[0]).get("service.name")
+        self.store.record_setup(report)
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown:
             return SpanExportResult.FAILURE
         try:
+            if not self._setup_recorded:
+                self._record_setup(spans)
             self._write_lifecycle()
             pid = os.getpid()
             records: List[SpanRecord] = []

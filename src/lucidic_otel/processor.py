@@ -143,6 +143,23 @@ def stamp(span: Span, sid: str) -> None:
     span.set_attributes({SESSION_ATTRIBUTE: sid, SEMCONV_SESSION_ATTRIBUTE: sid})
 
 
+def adopt(span: object, sid: str) -> bool:
+    """Stamp ``span`` with ``sid`` if it is open, recording and has no session yet.
+
+    For the span a scope opens inside: a framework's server span starts before the handler
+    opens the request's session, and without this the root of the request's trace would sit
+    outside its session. A span that already has a session keeps it. Only this one span is
+    reached; its ancestors are not (they may belong to other work, or be remote).
+    """
+    if not isinstance(span, ReadableSpan) or not span.is_recording():  # type: ignore[attr-defined]
+        return False
+    attributes = span.attributes
+    if attributes and attributes.get(SESSION_ATTRIBUTE) is not None:
+        return False
+    stamp(span, sid)  # type: ignore[arg-type]
+    return True
+
+
 class LucidicSpanProcessor(SpanProcessor):
     """Sets ``lucidic.session_id`` and ``session.id`` on every span that has a session.
 

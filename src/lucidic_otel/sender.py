@@ -40,6 +40,7 @@ Processes
 
 from __future__ import annotations
 
+import functools
 import http.client
 import logging
 import os
@@ -51,10 +52,10 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
 from urllib.parse import urlsplit
 
-from opentelemetry import context as otel_context
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from lucidic_otel import backend
 from lucidic_otel.agent import EXIT_STORE_UNUSABLE, DeliveryAgent
@@ -101,12 +102,23 @@ _LATENCY_PER_WORKER_S = 0.005
 _LATENCY_WEIGHT = 0.2
 _ALIAS_CACHE_MAX = 10_000
 
-# Instrumentations (sqlite3, http clients) must not trace the sender's own work: those spans
-# would be exported into the store and wake the sender again, forever.
-try:
-    from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
-except ImportError:  # pragma: no cover - present in every supported opentelemetry-api
-    _SUPPRESS_INSTRUMENTATION_KEY = otel_context.create_key("suppress_instrumentation")
+
+T = TypeVar("T")
+
+
+def _untraced(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run ``fn`` with instrumentation suppressed (the instrumentations' own switch).
+
+    Instrumentations (sqlite3, http clients) must not trace the sender's own work: those spans
+    would be exported into the store and wake the sender again, forever.
+    """
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> T:
+        with suppress_instrumentation():
+            return fn(*args, **kwargs)
+
+    return run
 
 
 # ------------------------------------------------------------------------------ results
@@ -502,13 +514,10 @@ class Sender:
         for _ in list(self._threads):
             self._jobs.put(None)
 
+    @_untraced
     def _release_unstarted(self) -> None:
         """After the dispatcher ended: queued items go back now rather than at lease end."""
-        token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
-        try:
-            self._take_back_queued(time.time(), "the sender stopped")
-        finally:
-            otel_context.detach(token)
+        self._take_back_queued(time.time(), "the sender stopped")
 
     def _take_back_queued(self, until: float, why: str) -> int:
         """Items queued but not started go back to the outbox, due at ``until``.
@@ -536,8 +545,8 @@ class Sender:
 
     # ------------------------------------------------------------------ dispatcher
 
+    @_untraced
     def _dispatch(self) -> None:
-        token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
             for attempt in range(_MAX_DISPATCH_RESTARTS + 1):
                 try:
@@ -553,7 +562,6 @@ class Sender:
                 self._store.path,
             )
         finally:
-            otel_context.detach(token)
             with self._cond:
                 self._cond.notify_all()
 
@@ -924,8 +932,8 @@ class Sender:
 
     # ------------------------------------------------------------------ workers
 
+    @_untraced
     def _work(self) -> None:
-        token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         conns = _Connections(self._timeout, self._connect_timeout, self._tls_context)
         try:
             while True:
@@ -966,7 +974,6 @@ class Sender:
                     self._cond.notify_all()
         finally:
             conns.close()
-            otel_context.detach(token)
 
     def _release_slot(self) -> None:
         with self._slots:
@@ -1220,6 +1227,7 @@ def register_flush(flush: Callable[[], Any]) -> None:
         _install_exit_hook()
 
 
+@_untraced
 def deliver_at_exit(deadline_s: float) -> None:
     """The exit hook: deliver what can be delivered within ``deadline_s``, then stop.
 
@@ -1227,8 +1235,7 @@ def deliver_at_exit(deadline_s: float) -> None:
     that was said already).
     """
     # The store is written from this (main) thread here: its own sqlite3 calls must not be
-    # traced by an instrumentation, at exit least of all.
-    token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+    # traced by an instrumentation, at exit least of all (hence @_untraced).
     try:
         end = time.monotonic() + max(0.0, deadline_s)
         for ref in list(_flushes):
@@ -1282,8 +1289,6 @@ def deliver_at_exit(deadline_s: float) -> None:
                 )
     except Exception:  # noqa: BLE001 - exit must go on
         logger.exception("lucidic-otel: delivery at exit failed")
-    finally:
-        otel_context.detach(token)
 
 
 def _install_exit_hook() -> None:

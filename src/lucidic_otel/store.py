@@ -118,17 +118,14 @@ T = TypeVar("T")
 
 
 def default_store_path(env: Mapping[str, str]) -> Path:
-    """Where the store lives: ``$LUCIDIC_STORE_PATH``, else the XDG data directory.
+    """Where the store lives when ``LUCIDIC_STORE_PATH`` is not set: the XDG data directory.
 
-    Takes the environment as an argument so that settings are read in one place and tests
-    need no monkeypatching. A relative ``XDG_DATA_HOME`` is ignored, as the XDG spec requires.
+    ``LUCIDIC_STORE_PATH`` itself is read by :mod:`lucidic_otel.config` only (as
+    ``Settings.store_path``), so a value it rejected is never opened behind its back. Takes
+    the environment as an argument so tests need no monkeypatching. A relative
+    ``XDG_DATA_HOME`` is ignored, as the XDG spec requires.
     """
-    explicit = (env.get(PATH_VARIABLE) or "").strip()
     home = env.get("HOME") or os.path.expanduser("~")
-    if explicit:
-        if explicit == "~" or explicit.startswith("~/"):
-            explicit = home + explicit[1:]
-        return Path(explicit)
     data_home = (env.get("XDG_DATA_HOME") or "").strip()
     if not os.path.isabs(data_home):
         data_home = os.path.join(home, ".local", "share")
@@ -348,7 +345,15 @@ _SCHEMA_ADDITIONS = (
         session_id TEXT PRIMARY KEY,
         backend_session_id TEXT NOT NULL
     ) WITHOUT ROWID""",
+    # How each recording process set OpenTelemetry up (who won the launcher's race, whether
+    # the lucidic pipeline was attached and why), for ``doctor``; the newest rows are kept.
+    """CREATE TABLE IF NOT EXISTS setups (
+        id INTEGER PRIMARY KEY,
+        recorded_at REAL NOT NULL,
+        json TEXT NOT NULL
+    )""",
 )
+_SETUPS_KEPT = 20
 _MAX_ANCESTOR_DEPTH = 256
 
 _INSERT_SPAN = (
@@ -977,6 +982,30 @@ class Store:
         if not wanted:
             return {}
         return self._guarded("session_aliases", lambda: self._transact(read, write=False), {})
+
+    def record_setup(self, report: Mapping[str, Any]) -> bool:
+        """Keep how this process set OpenTelemetry up (``bootstrap.setup_report``)."""
+        row = (time.time(), _dumps(dict(report)))
+
+        def apply(conn: sqlite3.Connection) -> bool:
+            conn.execute("INSERT INTO setups (recorded_at, json) VALUES (?, ?)", row)
+            conn.execute(
+                "DELETE FROM setups WHERE id <= (SELECT MAX(id) FROM setups) - ?", (_SETUPS_KEPT,)
+            )
+            return True
+
+        return self._guarded("record_setup", lambda: self._transact(apply, write=True), False)
+
+    def recent_setups(self, limit: int = 5) -> List[Dict[str, Any]]:
+        """The set-ups of the processes that wrote here last, newest first."""
+
+        def read(conn: sqlite3.Connection) -> List[Dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT recorded_at, json FROM setups ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+            return [{**_loads(text, {}), "recorded_at": at} for at, text in rows]
+
+        return self._guarded("recent_setups", lambda: self._transact(read, write=False), [])
 
     # ------------------------------------------------------------------ CLI reads
 

@@ -12,7 +12,6 @@ Exit status: 0 when nothing is left pending and nothing was rejected in this run
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, TextIO
 
-from lucidic_otel.config import load_settings
+from lucidic_otel.config import DEFAULT_UPLOAD_DEADLINE_S, load_settings
 from lucidic_otel.sender import DeliveryStats, Sender
 from lucidic_otel.store import (
     KIND_EVENT,
@@ -31,7 +30,6 @@ from lucidic_otel.store import (
     default_store_path,
 )
 
-DEFAULT_DEADLINE_S = 60.0
 _KIND_NAMES = {
     KIND_SESSION_INIT: "session starts",
     KIND_EVENT: "events",
@@ -62,7 +60,7 @@ def run(args: Any) -> int:
         else (settings.store_path or default_store_path(os.environ))
     )
     deadline = getattr(args, "deadline", None)
-    deadline = DEFAULT_DEADLINE_S if deadline is None else max(0.0, float(deadline))
+    deadline = DEFAULT_UPLOAD_DEADLINE_S if deadline is None else max(0.0, float(deadline))
     as_json = bool(getattr(args, "json", False))
 
     if not path.exists():
@@ -181,17 +179,10 @@ def _report(summary: Dict[str, Any], as_json: bool, err: TextIO) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m lucidic_otel.upload``: the same as ``lucidic-otel upload``."""
-    parser = argparse.ArgumentParser(prog="lucidic-otel upload", description=__doc__.split("\n")[0])
-    parser.add_argument("--store", default=None, help="the store file (default: configured)")
-    parser.add_argument(
-        "--deadline",
-        type=float,
-        default=DEFAULT_DEADLINE_S,
-        help="seconds to keep trying (default 60)",
-    )
-    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    return run(parser.parse_args(argv))
+    """``python -m lucidic_otel.upload``: exactly ``lucidic-otel upload`` (one parser)."""
+    from lucidic_otel.cli import main as cli_main
+
+    return cli_main(["upload", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
