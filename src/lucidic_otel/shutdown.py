@@ -14,6 +14,7 @@ import atexit
 import logging
 import os
 import signal
+import sys
 import threading
 from typing import Any, Callable, Optional
 
@@ -180,9 +181,70 @@ def _flushing_exit(status: int) -> Any:
     return _original_os_exit(status)
 
 
+# SIGTERM is held back in the forking thread across ``fork()``: CPython drops a signal that
+# reaches a child before its post-fork re-initialisation, and with our handler installed (the
+# default disposition would have killed the child in the kernel) such a SIGTERM is lost.
+_fork_masks = threading.local()
+_SIGTERM_ONLY = {signal.SIGTERM} if hasattr(signal, "pthread_sigmask") else set()
+_MP_FORK_MODULES = ("multiprocessing.popen_fork", "multiprocessing.forkserver")
+
+
+def _hold_sigterm_before_fork() -> None:
+    if _SIGTERM_ONLY:
+        _fork_masks.held = signal.SIGTERM not in signal.pthread_sigmask(
+            signal.SIG_BLOCK, _SIGTERM_ONLY
+        )
+
+
+def _release_sigterm() -> None:
+    if getattr(_fork_masks, "held", False):
+        _fork_masks.held = False
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGTERM_ONLY)
+
+
+def _forked_by_multiprocessing() -> bool:
+    frame: Any = sys._getframe(1)
+    for _ in range(_MAX_FRAMES):
+        if frame is None:
+            return False
+        if frame.f_globals.get("__name__") in _MP_FORK_MODULES:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _take_sigterm_on_a_thread() -> None:
+    """In a multiprocessing worker: SIGTERM stays blocked in every thread and one thread takes
+    it with ``sigwait``, flushes (bounded) and ends the process with the signal.
+
+    ``Pool.terminate()`` SIGTERMs workers that sit in a blocking wait on the pool's shared queue
+    lock. A Python-level handler only runs when the main thread gets back to the interpreter,
+    and measured under load (``bench/pool_soak.py``) some such workers never ran it and stayed
+    alive, blocked, with the parent waiting for them for ever (4 of 49 runs of the
+    ``with Pool() as pool`` idiom). Taking the signal on a thread of our own does not depend
+    on where the main thread is, or on which lock it holds.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the disposition the thread ends with
+    threading.Thread(target=_sigterm_taker, name="lucidic-sigterm", daemon=True).start()
+
+
+def _sigterm_taker() -> None:
+    signum = signal.sigwait(_SIGTERM_ONLY)
+    if get_settings().flush_on_sigterm:
+        _bounded(_finish_and_shut_down, get_settings().exit_deadline_s + 5.0)
+    if signal.getsignal(signum) is not signal.SIG_DFL:  # the worker's own handler: its call
+        logger.warning(
+            "lucidic-otel: this multiprocessing worker set its own SIGTERM handler; it cannot "
+            "run while SIGTERM is taken by lucidic-otel's flush thread, so the worker ends now"
+        )
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGTERM_ONLY)
+    os.kill(os.getpid(), signum)  # pending for this thread, now unblocked: the default action
+
+
 def _after_fork_in_child() -> None:
     """The parent's sessions and SIGTERM state are the parent's; the child's ``os._exit``
-    flushes first unless ``LUCIDIC_FLUSH_ON_FORK_EXIT=false``."""
+    flushes first unless ``LUCIDIC_FLUSH_ON_FORK_EXIT=false``. A SIGTERM that arrived during
+    the fork is delivered at the end, once the child is in a state to handle it."""
     global _original_os_exit, _sigterm, _ready_pid
     _sigterm = _SigtermState()
     try:
@@ -192,6 +254,15 @@ def _after_fork_in_child() -> None:
             os._exit = _flushing_exit  # type: ignore[assignment]
     finally:
         _ready_pid = os.getpid()  # registered after the SDK's hooks, so it runs after them
+        if (
+            getattr(_fork_masks, "held", False)
+            and signal.getsignal(signal.SIGTERM) is _on_sigterm
+            and _forked_by_multiprocessing()
+        ):
+            _fork_masks.held = False  # stays blocked here, and in every thread started from here
+            _take_sigterm_on_a_thread()
+        else:
+            _release_sigterm()
 
 
 def install_exit_handlers() -> None:
@@ -210,4 +281,8 @@ def install_exit_handlers() -> None:
         except (ValueError, OSError, AttributeError):
             logger.debug("lucidic-otel: could not install the SIGTERM handler", exc_info=True)
     if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        os.register_at_fork(
+            before=_hold_sigterm_before_fork,
+            after_in_parent=_release_sigterm,
+            after_in_child=_after_fork_in_child,
+        )
