@@ -88,31 +88,32 @@ def _session_members(sid: int) -> List[int]:
     return members
 
 
+def _status(path: str, keys: tuple[str, ...]) -> Optional[str]:
+    """Chosen fields of a /proc status file, as ``key=value`` words (None if it is gone)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return None
+    return " ".join(f"{k}={fields.get(k, '?').strip()}" for k in keys)
+
+
 def _describe(pids: List[int]) -> str:
-    """Pid, parent and signal masks of each process still alive at a hang."""
+    """Parent and signal masks of each process still alive at a hang, and of its threads."""
     lines = []
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/status", encoding="utf-8") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-        except OSError:
+        line = _status(f"/proc/{pid}/status", ("PPid", "SigPnd", "ShdPnd", "SigBlk", "SigCgt"))
+        if line is None:
             continue
-        keys = ("PPid", "SigPnd", "ShdPnd", "SigBlk", "SigCgt")
-        lines.append(f"alive at the hang: pid {pid} "
-                     + " ".join(f"{k}={fields.get(k, '?').strip()}" for k in keys))
+        lines.append(f"alive at the hang: pid {pid} {line}")
         try:
             tasks = sorted(os.listdir(f"/proc/{pid}/task"))
         except OSError:
             tasks = []
         for tid in tasks:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/status", encoding="utf-8") as f:
-                    t = dict(line.split(":", 1) for line in f if ":" in line)
-            except OSError:
-                continue
-            lines.append(f"  thread {tid} {t.get('Name', '?').strip()} "
-                         f"SigPnd={t.get('SigPnd', '?').strip()} "
-                         f"SigBlk={t.get('SigBlk', '?').strip()}")
+            line = _status(f"/proc/{pid}/task/{tid}/status", ("Name", "SigPnd", "SigBlk"))
+            if line is not None:
+                lines.append(f"  thread {tid} {line}")
     return "\n".join(lines)
 
 
