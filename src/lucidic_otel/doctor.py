@@ -31,13 +31,15 @@ from urllib.parse import quote
 from opentelemetry.util._importlib_metadata import EntryPoint, entry_points
 
 from lucidic_otel.config import Settings, load_settings
+from lucidic_otel.launch import (  # noqa: E402 - one definition of the launcher's names
+    CONFIGURATOR_VARIABLE,
+    DISTRO_VARIABLE,
+    EXPORTER_VARIABLE,
+    LUCIDIC,
+)
 from lucidic_otel.store import SCHEMA_VERSION, Store, default_store_path
 from lucidic_otel.version import __version__
 
-LUCIDIC = "lucidic"
-DISTRO_VARIABLE = "OTEL_PYTHON_DISTRO"
-CONFIGURATOR_VARIABLE = "OTEL_PYTHON_CONFIGURATOR"
-EXPORTER_VARIABLE = "OTEL_TRACES_EXPORTER"
 PROPAGATORS_VARIABLE = "OTEL_PROPAGATORS"
 DISABLED_VARIABLE = "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
 DEFAULT_PROPAGATORS = "tracecontext,baggage"
