@@ -1,9 +1,12 @@
-"""Soak: the ``with multiprocessing.Pool() as pool: pool.map(...)`` idiom under the launcher.
+"""Soak: the ``with multiprocessing.Pool() as pool: pool.map(...)`` idiom, under the launcher
+and in a plain ``python`` that called ``init()``.
 
 ``Pool.__exit__`` calls ``terminate()``, which SIGTERMs workers that may hold the pool's shared
 queue lock; telemetry must never turn that into a hang. Each run is one launched program that
 opens five pools of four workers in a row, 16 small tasks each (one span per task, in the
-session of its pool), for each start method asked for. A run is bounded (``--timeout``): one
+session of its pool), for each start method and set-up asked for. In plain ``python`` the
+spawn and forkserver workers have no telemetry until the first ``carry_context`` call sets it
+up, as the parent had it. A run is bounded (``--timeout``): one
 that does not exit by itself is a hang, gets a stack dump (faulthandler on SIGUSR1) and is
 killed with its whole process session. After every run the process session is checked for
 survivors (orphaned workers) and the store for every task span, each in its pool's session.
@@ -11,8 +14,9 @@ survivors (orphaned workers) and the store for every task span, each in its pool
 Prints one row per start method and exits 1 when any run hung, left a process behind or
 lost or misattributed a span.
 
-    python bench/pool_soak.py                 # 200 runs each of fork and forkserver
-    python bench/pool_soak.py --quick         # 10 runs each (CI)
+    python bench/pool_soak.py                 # 200 runs of each start method and set-up
+    python bench/pool_soak.py --quick         # 4 runs of each (CI)
+    python bench/pool_soak.py --methods fork --setups launcher --runs 50
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ APP = f"""
 
     if __name__ == "__main__":
         mp.set_start_method(sys.argv[1])
+        if sys.argv[2] == "init":
+            lucidic_otel.init()
         for r in range({POOLS}):
             with lucidic_otel.session(f"pool-{{r}}"):
                 with mp.Pool({WORKERS}) as pool:
@@ -143,11 +149,13 @@ def _count(store: Path) -> tuple[int, int]:
     return recorded, wrong
 
 
-def one_run(method: str, workdir: Path, timeout: float, env: dict) -> dict:
+def one_run(method: str, setup: str, workdir: Path, timeout: float, env: dict) -> dict:
     store = workdir / "store.db"
     app = workdir / "app.py"
     app.write_text(textwrap.dedent(APP), encoding="utf-8")
-    command = [str(BIN / "opentelemetry-instrument"), str(BIN / "python"), str(app), method]
+    command = [str(BIN / "python"), str(app), method, setup]
+    if setup == "launcher":
+        command.insert(0, str(BIN / "opentelemetry-instrument"))
     run_env = {**env, "LUCIDIC_STORE_PATH": str(store)}
     started = time.monotonic()
     proc = subprocess.Popen(command, env=run_env, cwd=workdir, stdout=subprocess.PIPE,
@@ -187,14 +195,14 @@ def one_run(method: str, workdir: Path, timeout: float, env: dict) -> dict:
     }
 
 
-def soak(method: str, runs: int, jobs: int, timeout: float, env: dict) -> Outcome:
+def soak(method: str, setup: str, runs: int, jobs: int, timeout: float, env: dict) -> Outcome:
     outcome = Outcome()
-    with tempfile.TemporaryDirectory(prefix=f"pool-soak-{method}-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"pool-soak-{method}-{setup}-") as tmp:
         dirs = [Path(tmp) / str(i) for i in range(runs)]
         for d in dirs:
             d.mkdir()
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            results = list(pool.map(lambda d: one_run(method, d, timeout, env), dirs))
+            results = list(pool.map(lambda d: one_run(method, setup, d, timeout, env), dirs))
     for r in results:
         outcome.runs += 1
         outcome.hung += r["hung"]
@@ -211,15 +219,19 @@ def soak(method: str, runs: int, jobs: int, timeout: float, env: dict) -> Outcom
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=200, help="runs per start method")
-    parser.add_argument("--quick", action="store_true", help="10 runs per start method (CI)")
+    parser.add_argument("--runs", type=int, default=200, help="runs per start method and set-up")
+    parser.add_argument("--quick", action="store_true", help="4 runs of each (CI)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds before a hang")
-    parser.add_argument("--methods", default="fork,forkserver")
+    parser.add_argument("--timeout", type=float, default=180.0,
+                        help="seconds before a hang (a launched spawn run starts 20 launched "
+                             "interpreters, ~2.5 s of CPU each)")
+    parser.add_argument("--methods", default="fork,forkserver,spawn")
+    parser.add_argument("--setups", default="launcher,init",
+                        help="launcher (opentelemetry-instrument) and/or init (plain python)")
     parser.add_argument("--no-telemetry", action="store_true",
                         help="the control: the same runs with OTEL_SDK_DISABLED=true")
     args = parser.parse_args(argv)
-    runs = 10 if args.quick else args.runs
+    runs = 4 if args.quick else args.runs
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "LUCIDIC_"))}
     env.update({"OTEL_PYTHON_DISTRO": "lucidic", "PYTHONUNBUFFERED": "1"})
     if args.no_telemetry:
@@ -227,23 +239,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     for line in machine_lines("opentelemetry-instrumentation"):
         print(line)
     print(f"{POOLS} pools x {WORKERS} workers x {TASKS} tasks per run; {runs} runs per start "
-          f"method, {args.jobs} at once, {args.timeout:g} s before a run counts as hung")
-    print(f"{'method':<11} {'runs':>5} {'hung':>5} {'failed':>6} {'orphans':>7} "
+          f"method and set-up, {args.jobs} at once, {args.timeout:g} s before a run counts as hung")
+    print(f"{'method':<11} {'setup':<9} {'runs':>5} {'hung':>5} {'failed':>6} {'orphans':>7} "
           f"{'spans':>13} {'misattr':>7} {'p50 s':>6} {'max s':>6}")
     bad = False
-    for method in args.methods.split(","):
-        o = soak(method, runs, args.jobs, args.timeout, env)
+    for method, setup in [(m, s) for s in args.setups.split(",") for m in args.methods.split(",")]:
+        o = soak(method, setup, runs, args.jobs, args.timeout, env)
         times = sorted(o.seconds)
         p50 = times[len(times) // 2] if times else 0.0
         expected = 0 if args.no_telemetry else o.spans_expected
-        print(f"{method:<11} {o.runs:>5} {o.hung:>5} {o.failed:>6} {o.orphans:>7} "
+        print(f"{method:<11} {setup:<9} {o.runs:>5} {o.hung:>5} {o.failed:>6} {o.orphans:>7} "
               f"{o.spans_recorded:>6}/{expected:<6} {o.misattributed:>7} {p50:>6.2f} "
               f"{(times[-1] if times else 0):>6.2f}")
         lost = o.spans_recorded != expected
         if o.hung or o.failed or o.orphans or o.misattributed or lost:
             bad = True
             for note in o.notes:
-                print(f"--- output of a bad {method} run ---\n{note}")
+                print(f"--- output of a bad {method} {setup} run ---\n{note}")
     print("target: 0 hung, 0 failed, 0 orphans, every span recorded, 0 misattributed")
     return 1 if bad else 0
 

@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import logging
 import pickle
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Iterator, List, Optional
@@ -37,6 +40,8 @@ from lucidic_otel.config import get_settings, reset_settings
 from lucidic_otel.context import BAGGAGE_KEY, SESSION_ATTRIBUTE, active_session
 from lucidic_otel.processor import PROCESS_SESSION, LucidicSpanProcessor
 from lucidic_otel.store import Store
+from tests.support.contract_server import ContractServer
+from tests.support.launcher import clean_env, run_instrumented, write_script
 from tests.support.scenarios import run_workers
 
 TASKS = 4
@@ -97,6 +102,123 @@ def test_control_fork_children_lose_spans_without_the_exit_flush(tmp_path: Path)
     lost = run.outcome.details.get("lost", [])
     assert run.outcome.lost > 0, run.outcome.problems()
     assert {"child-process-0", "child-process-1"} <= set(lost), lost  # type: ignore[arg-type]
+
+
+# --- pools in plain python, delivery from workers, and programs workers start ----------------
+
+POOL_APP = """
+    import multiprocessing as mp, os, sys
+    import lucidic_otel
+    from opentelemetry import trace
+
+    def work(i):
+        with trace.get_tracer("pool").start_as_current_span(f"task-{i}", attributes={
+                "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                "gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 3,
+                "gen_ai.usage.output_tokens": 4}) as span:
+            return os.getpid(), span.is_recording(), lucidic_otel.current_session_id()
+
+    if __name__ == "__main__":
+        sid = lucidic_otel.init(session_name="pool job")
+        with mp.get_context(sys.argv[1]).Pool(2) as pool:
+            results = pool.map(lucidic_otel.carry_context(work), range(6))
+        assert all(recording and got == sid for _, recording, got in results), results
+        print("SID", sid, "WORKERS", len({pid for pid, _, _ in results} - {os.getpid()}))
+"""
+
+
+def _pool_run(tmp_path: Path, method: str, launched: bool, **env: str):
+    script = write_script(tmp_path, "pool_app.py", POOL_APP)
+    run_env = clean_env(LUCIDIC_STORE_PATH=str(tmp_path / "store.db"), **env)
+    if launched:
+        return run_instrumented([script, method], run_env, timeout=120)
+    return subprocess.run([sys.executable, str(script), method], env=run_env, timeout=120,
+                          capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize(
+    ("method", "launched"),
+    [("spawn", False), ("forkserver", False), ("spawn", True)],
+    ids=["spawn-plain-python", "forkserver-plain-python", "spawn-launcher"],
+)
+def test_carried_work_in_a_pool_is_recorded_in_the_parents_session_only(
+    tmp_path: Path, method: str, launched: bool
+) -> None:
+    """``init()`` in a plain ``python``: the spawn/forkserver workers have no telemetry until
+    the carried context sets it up as the parent had it; every span is recorded, in the
+    parent's session, and no worker adds a session of its own."""
+    run = _pool_run(tmp_path, method, launched)
+    assert run.returncode == 0, run.stderr
+    sid, workers = run.stdout.split()[1], int(run.stdout.split()[3])
+    assert workers >= 1, run.stdout
+    assert "lucidic-otel" not in run.stderr, run.stderr  # nothing to warn about
+    with Store(tmp_path / "store.db") as store:
+        sessions = store.list_sessions(limit=10)
+        assert [s["session_id"] for s in sessions] == [sid]
+        spans = store.session_spans(sid)
+    assert sorted(s.name for s in spans) == [f"task-{i}" for i in range(6)]
+    assert len({s.pid for s in spans}) == workers  # recorded by the workers themselves
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_workers_leave_what_the_parent_delivers_without_a_false_alarm(
+    tmp_path: Path, method: str
+) -> None:
+    """Thread delivery: a worker's exit finds records still pending in the shared store; the
+    parent delivers them all at its exit, so only a real leftover may be warned about."""
+    with ContractServer(api_key="pool-key-0123456789", agent_id="pool-agent") as server:
+        run = _pool_run(tmp_path, method, True, LUCIDIC_DELIVERY="thread",
+                        LUCIDIC_API_KEY=server.api_key, LUCIDIC_AGENT_ID=server.agent_id,
+                        LUCIDIC_BASE_URL=server.base_url)
+        assert run.returncode == 0, run.stderr
+        assert len(server.delivered_event_ids()) == 6
+        assert server.violations == []
+    assert "not delivered" not in run.stderr, run.stderr
+    with Store(tmp_path / "store.db") as store:
+        assert store.outbox_counts().get("pending", 0) == 0
+
+
+WORKER_STARTS_PROGRAMS = """
+    import multiprocessing as mp, os, signal, subprocess, sys, time
+
+    def blocked(pid):
+        with open(f"/proc/{pid}/status") as f:
+            mask = int(next(l for l in f if l.startswith("SigBlk:")).split()[1], 16)
+        return bool(mask & (1 << (signal.SIGTERM - 1)))
+
+    def start_and_terminate(_):
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        time.sleep(0.3)
+        sub_blocked = blocked(child.pid)
+        child.terminate()
+        sub_status = child.wait(timeout=10)
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(30)
+            os._exit(0)
+        time.sleep(0.3)
+        fork_blocked = blocked(pid)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        return blocked(os.getpid()), sub_blocked, sub_status, fork_blocked, os.WTERMSIG(status)
+
+    if __name__ == "__main__":
+        with mp.get_context("fork").Pool(1) as pool:
+            print("RESULT", *pool.map(start_and_terminate, [0])[0])
+"""
+
+
+def test_programs_a_pool_worker_starts_can_be_terminated(tmp_path: Path) -> None:
+    """A pool worker's SIGTERM is blocked (our thread takes it); a program it starts, by
+    ``subprocess`` or ``fork``, must get SIGTERM back, or ``terminate()`` would never end it."""
+    script = write_script(tmp_path, "starter.py", WORKER_STARTS_PROGRAMS)
+    run = run_instrumented([script], clean_env(LUCIDIC_STORE_PATH=str(tmp_path / "s.db")),
+                           timeout=120)
+    assert run.returncode == 0, run.stderr
+    worker, sub_blocked, sub_status, fork_blocked, fork_signal = run.stdout.split()[1:]
+    assert worker == "True"  # the premise: the worker itself blocks SIGTERM
+    assert (sub_blocked, sub_status) == ("False", str(-signal.SIGTERM))
+    assert (fork_blocked, fork_signal) == ("False", str(int(signal.SIGTERM)))
 
 
 # --- carry_context in-process --------------------------------------------------------------

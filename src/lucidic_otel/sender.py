@@ -48,6 +48,7 @@ import queue
 import random
 import socket
 import ssl
+import sys
 import threading
 import time
 import weakref
@@ -1278,7 +1279,14 @@ def deliver_at_exit(deadline_s: float) -> None:
             if sender.halted is not None or any(sender is q for q in quiet):
                 continue
             pending = sender.store.outbox_counts().get("pending", 0)
-            if pending:
+            parent = _parent_that_delivers(sender.store)
+            if pending and parent is not None:
+                logger.debug(
+                    "lucidic-otel: %d records are still pending in %s; the parent process "
+                    "(pid %d) shares that store and delivers them",
+                    pending, sender.store.path, parent,
+                )
+            elif pending:
                 logger.warning(
                     "lucidic-otel: %d records were not delivered before exit (%s); they are kept "
                     "in %s and will be sent by the next process that runs with LUCIDIC_API_KEY, "
@@ -1289,6 +1297,22 @@ def deliver_at_exit(deadline_s: float) -> None:
                 )
     except Exception:  # noqa: BLE001 - exit must go on
         logger.exception("lucidic-otel: delivery at exit failed")
+
+
+def _parent_that_delivers(store: Any) -> Optional[int]:
+    """The pid of the running multiprocessing parent of this worker, when the store is a file
+    they share: what a worker leaves pending there is the parent's to deliver (and to report,
+    at its own exit, if it cannot), so a worker must not warn about it."""
+    if store.in_memory:
+        return None
+    process = sys.modules.get("multiprocessing.process")
+    try:
+        parent = process.parent_process() if process is not None else None
+        if parent is not None and parent.is_alive():
+            return parent.pid
+    except Exception:  # noqa: BLE001 - unknown: warn as for any process
+        logger.debug("lucidic-otel: could not check the parent process", exc_info=True)
+    return None
 
 
 def _install_exit_hook() -> None:

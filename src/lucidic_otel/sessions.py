@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from opentelemetry import trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 logger = logging.getLogger("lucidic_otel")
 
@@ -166,6 +167,23 @@ class SessionRegistry:
     def drain(self) -> None:
         """Finish every end still waiting on the background thread."""
         self._ender.drain()
+
+    def store_now(self) -> None:
+        """Write the waiting lifecycle records to the store now, on this thread.
+
+        Called before work is handed to another process (``init``, ``carry_context``,
+        ``inject_env``): that process writes its spans to the same store and may deliver them
+        itself, and the store orders an event after its session's init only when the init is
+        already there. Otherwise the init waits for this process's next export.
+        """
+        flusher = self._journal.flusher
+        if flusher is None or not len(self._journal):
+            return
+        try:
+            with suppress_instrumentation():  # the store's own sqlite3 calls are not traced
+                flusher()
+        except Exception:  # noqa: BLE001 - the next export writes them instead
+            logger.debug("lucidic-otel: could not store lifecycle records now", exc_info=True)
 
     def after_fork(self) -> None:
         """In a forked child: the parent's sessions and pending records are the parent's."""

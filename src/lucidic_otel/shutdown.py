@@ -11,6 +11,7 @@ documented worker patterns lose nothing without any user code.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import signal
@@ -181,12 +182,21 @@ def _flushing_exit(status: int) -> Any:
     return _original_os_exit(status)
 
 
+def _flush_before_os_exit() -> None:
+    """Make ``os._exit`` flush first (once, unless ``LUCIDIC_FLUSH_ON_FORK_EXIT=false``)."""
+    global _original_os_exit
+    if _original_os_exit is None and get_settings().flush_on_fork_exit:
+        _original_os_exit = os._exit
+        os._exit = _flushing_exit  # type: ignore[assignment]
+
+
 # SIGTERM is held back in the forking thread across ``fork()``: CPython drops a signal that
 # reaches a child before its post-fork re-initialisation, and with our handler installed (the
 # default disposition would have killed the child in the kernel) such a SIGTERM is lost.
 _fork_masks = threading.local()
 _SIGTERM_ONLY = {signal.SIGTERM} if hasattr(signal, "pthread_sigmask") else set()
 _MP_FORK_MODULES = ("multiprocessing.popen_fork", "multiprocessing.forkserver")
+_taker_started = False  # SIGTERM is taken by _sigterm_taker in this process
 
 
 def _hold_sigterm_before_fork() -> None:
@@ -213,6 +223,47 @@ def _forked_by_multiprocessing() -> bool:
     return False
 
 
+def _in_multiprocessing_worker() -> bool:
+    """A process started by multiprocessing: a spawn child (seen from its command line, before
+    multiprocessing itself has run), or a fork/forkserver child (its parent process is known)."""
+    if "--multiprocessing-fork" in getattr(sys, "orig_argv", ()):
+        return True
+    process = sys.modules.get("multiprocessing.process")
+    try:
+        return process is not None and process.parent_process() is not None
+    except Exception:  # noqa: BLE001 - a private layout that changed: not a worker we know
+        return False
+
+
+def take_sigterm_in_worker() -> bool:
+    """In a multiprocessing worker that sets up telemetry itself (a spawn child under the
+    launcher, or a spawn/forkserver worker recording a carried context in plain python):
+    take SIGTERM the way forked workers do (:func:`_take_sigterm_on_a_thread`).
+
+    Call it before the SDK starts its threads: the mask is per thread, and a thread that
+    does not block SIGTERM would take the signal with the default action and lose the flush.
+    Returns True when SIGTERM is taken by our thread (then no Python handler is installed).
+    """
+    global _taker_started
+    if _taker_started:
+        return True
+    try:
+        if (
+            not _SIGTERM_ONLY
+            or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+            or not _in_multiprocessing_worker()
+            or not get_settings().flush_on_sigterm
+        ):
+            return False
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGTERM_ONLY)
+        _take_sigterm_on_a_thread()
+    except Exception:  # noqa: BLE001 - never stop the worker over its exit path
+        logger.debug("lucidic-otel: could not take SIGTERM on a thread", exc_info=True)
+        return False
+    return True
+
+
 def _take_sigterm_on_a_thread() -> None:
     """In a multiprocessing worker: SIGTERM stays blocked in every thread and one thread takes
     it with ``sigwait``, flushes (bounded) and ends the process with the signal.
@@ -224,6 +275,9 @@ def _take_sigterm_on_a_thread() -> None:
     ``with Pool() as pool`` idiom). Taking the signal on a thread of our own does not depend
     on where the main thread is, or on which lock it holds.
     """
+    global _taker_started
+    _taker_started = True
+    _patch_subprocess()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the disposition the thread ends with
     threading.Thread(target=_sigterm_taker, name="lucidic-sigterm", daemon=True).start()
 
@@ -244,25 +298,61 @@ def _sigterm_taker() -> None:
 def _after_fork_in_child() -> None:
     """The parent's sessions and SIGTERM state are the parent's; the child's ``os._exit``
     flushes first unless ``LUCIDIC_FLUSH_ON_FORK_EXIT=false``. A SIGTERM that arrived during
-    the fork is delivered at the end, once the child is in a state to handle it."""
-    global _original_os_exit, _sigterm, _ready_pid
+    the fork is delivered at the end, once the child is in a state to handle it. A child of a
+    process whose SIGTERM is taken by our thread inherits the blocked mask but not the thread:
+    a multiprocessing worker starts its own, any other child gets SIGTERM back."""
+    global _sigterm, _ready_pid, _taker_started
     _sigterm = _SigtermState()
+    parent_took = _taker_started
+    _taker_started = False  # a parent's taker thread does not survive the fork
     try:
         REGISTRY.after_fork()
-        if _original_os_exit is None and get_settings().flush_on_fork_exit:
-            _original_os_exit = os._exit
-            os._exit = _flushing_exit  # type: ignore[assignment]
+        _flush_before_os_exit()
     finally:
         _ready_pid = os.getpid()  # registered after the SDK's hooks, so it runs after them
-        if (
-            getattr(_fork_masks, "held", False)
-            and signal.getsignal(signal.SIGTERM) is _on_sigterm
-            and _forked_by_multiprocessing()
-        ):
+        held = getattr(_fork_masks, "held", False)
+        ours = parent_took or (held and signal.getsignal(signal.SIGTERM) is _on_sigterm)
+        if ours and _forked_by_multiprocessing():
             _fork_masks.held = False  # stays blocked here, and in every thread started from here
             _take_sigterm_on_a_thread()
+        elif parent_took:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGTERM_ONLY)
         else:
             _release_sigterm()
+
+
+def _unblocked_for_exec(execute_child: Callable[..., Any]) -> Callable[..., Any]:
+    """``subprocess.Popen._execute_child`` that gives the new program SIGTERM unblocked.
+
+    A signal mask survives ``fork`` and ``exec``, and ``subprocess`` forks in C without the
+    fork hooks: a program started from a worker whose SIGTERM we block would ignore
+    ``terminate()`` for ever. The calling thread unblocks it for the duration of the start
+    only (a SIGTERM in that window ends the worker with the default action, as it would have
+    without us).
+    """
+
+    @functools.wraps(execute_child)
+    def start(*args: Any, **kwargs: Any) -> Any:
+        if not _taker_started or signal.SIGTERM not in signal.pthread_sigmask(
+            signal.SIG_BLOCK, set()
+        ):
+            return execute_child(*args, **kwargs)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGTERM_ONLY)
+        try:
+            return execute_child(*args, **kwargs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGTERM_ONLY)
+
+    start.__wrapped_by_lucidic__ = True  # type: ignore[attr-defined]
+    return start
+
+
+def _patch_subprocess() -> None:
+    import subprocess
+
+    current = getattr(subprocess.Popen, "_execute_child", None)
+    if current is not None and not getattr(current, "__wrapped_by_lucidic__", False):
+        subprocess.Popen._execute_child = _unblocked_for_exec(current)  # type: ignore[attr-defined]
 
 
 def install_exit_handlers() -> None:
@@ -274,7 +364,13 @@ def install_exit_handlers() -> None:
     _ready_pid = os.getpid()
     settings = get_settings()
     atexit.register(finish)
-    if settings.flush_on_sigterm and threading.current_thread() is threading.main_thread():
+    if _in_multiprocessing_worker():
+        _flush_before_os_exit()  # fork/forkserver workers end with os._exit, not atexit
+    if (
+        settings.flush_on_sigterm
+        and not _taker_started
+        and threading.current_thread() is threading.main_thread()
+    ):
         try:
             if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
                 signal.signal(signal.SIGTERM, _on_sigterm)
