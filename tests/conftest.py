@@ -9,7 +9,7 @@ from typing import Iterator
 import pytest
 from opentelemetry.context import Context, attach, detach
 
-from lucidic_otel import bootstrap
+from lucidic_otel import api, bootstrap
 from lucidic_otel.config import reset_settings
 from lucidic_otel.processor import PROCESS_SESSION
 from lucidic_otel.sessions import JOURNAL, REGISTRY
@@ -25,6 +25,7 @@ def lucidic_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     reset_settings()
     monkeypatch.setattr(PROCESS_SESSION, "session_id", None)
     monkeypatch.setattr(bootstrap, "_processor", None)
+    monkeypatch.setattr(api, "_warned_unknown_end", False)
     REGISTRY.drain()
     JOURNAL.drain()
     token = attach(Context())

@@ -597,7 +597,8 @@ def test_non_str_id_warns(caplog: pytest.LogCaptureFixture) -> None:
     [
         (lambda: lucidic_otel.set_active_session("bad id"), "set_active_session"),
         (lambda: lucidic_otel.end_session("bad id"), "end_session"),
-        (lambda: lucidic_otel.with_session("bad id", lambda: None), "session"),
+        (lambda: lucidic_otel.with_session("bad id", lambda: None), "with_session"),
+        (lambda: lucidic_otel.session("bad id").__enter__(), "session"),
     ],
 )
 def test_invalid_id_warning_names_the_call_and_argument(
@@ -636,6 +637,13 @@ def test_strict_mode_raises_on_invalid_ids(strict: None) -> None:
     assert where() is None
 
 
+def started(sid: str) -> str:
+    """``sid`` after a scope of it ran here: a session this process started."""
+    with lucidic_otel.session(sid):
+        pass
+    return sid
+
+
 # --- end_session ---------------------------------------------------------------------------
 
 
@@ -651,7 +659,7 @@ def test_end_session_is_idempotent() -> None:
 
 
 def test_end_session_records_only_the_given_fields() -> None:
-    sid = new_id()
+    sid = started(new_id())
     assert lucidic_otel.end_session(
         sid, is_successful=True, session_eval=1, session_eval_reason="perfect"
     )
@@ -736,7 +744,7 @@ def test_end_session_without_a_current_session(caplog: pytest.LogCaptureFixture)
 def test_invalid_end_fields_are_dropped_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    sid = new_id()
+    sid = started(new_id())
     with caplog.at_level(logging.WARNING, logger=API_WARNINGS):
         assert (
             lucidic_otel.end_session(
@@ -771,7 +779,7 @@ def test_invalid_end_fields_are_dropped_with_a_warning(
 def test_each_invalid_end_field_is_dropped(
     field: str, value: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sid = new_id()
+    sid = started(new_id())
     with caplog.at_level(logging.WARNING, logger=API_WARNINGS):
         assert lucidic_otel.end_session(sid, **{field: value}) is True
     assert len(api_warnings(caplog)) == 1
@@ -1011,6 +1019,9 @@ def test_init_with_an_invalid_id_warns_and_uses_a_new_one() -> None:
     )
     assert uuid.UUID(out["SID"]).version == 4
     assert "init: session_id 'not valid!'" in out["stderr"]
+    # It says what happened: a new session was started, not "running without this session".
+    assert "starting a new session with a random id instead" in out["stderr"]
+    assert "running without" not in out["stderr"]
 
 
 def test_init_never_replaces_an_existing_provider() -> None:
@@ -1130,3 +1141,136 @@ def test_init_with_console_exporter_prints_stamped_spans() -> None:
     )
     assert '"lucidic.session_id": "console-1"' in out["stdout"]
     assert '"session.id": "console-1"' in out["stdout"]
+
+
+# --- messages that say what actually happens (bad arguments never raise) --------------------
+
+
+def test_with_session_of_none_names_with_session_and_runs_fn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger=API_WARNINGS):
+        result = lucidic_otel.with_session(None, lambda: where())  # type: ignore[arg-type]
+    assert result is None  # fn ran, in no session
+    (message,) = api_warnings(caplog)
+    assert message.startswith("lucidic-otel: with_session: session_id 'None' must be a str")
+    assert message.endswith("running without this session")
+
+
+def test_end_session_of_a_session_never_started_here_says_so_and_returns_false(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first, second = new_id(), new_id()
+    with caplog.at_level(logging.WARNING, logger=API_WARNINGS):
+        assert lucidic_otel.end_session(first) is False
+        assert lucidic_otel.end_session(second) is False
+    (message,) = api_warnings(caplog)  # said once per process, not per call
+    assert f"session '{first}' was not started or joined in this process" in message
+    assert "its end is recorded anyway" in message and "returning False" in message
+    # What the message says happens: the end is recorded (another worker's session, maybe).
+    REGISTRY.drain()
+    records = JOURNAL.drain()
+    assert [(r[0], r[1]) for r in records] == [(END, first), (END, second)]
+
+
+def test_end_session_of_a_session_started_here_returns_true_without_a_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sid = started(new_id())
+    with caplog.at_level(logging.WARNING, logger=API_WARNINGS):
+        assert lucidic_otel.end_session(sid) is True
+    assert api_warnings(caplog) == []
+
+
+def test_inject_env_with_a_non_mapping_warns_and_returns_the_environment(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sid = new_id()
+    with caplog.at_level(logging.WARNING, logger=API_WARNINGS), lucidic_otel.session(sid):
+        env = lucidic_otel.inject_env(env=5)  # type: ignore[arg-type]
+    assert env["PATH"] == os.environ["PATH"]
+    assert f"lucidic.session_id={sid}" in env["BAGGAGE"]
+    (message,) = api_warnings(caplog)
+    assert message.startswith("lucidic-otel: inject_env: env='5' is not valid")
+    assert "returning a copy of os.environ with the context instead" in message
+
+
+def test_with_lucidic_of_a_non_callable_warns_and_starts_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger=API_WARNINGS):
+        assert lucidic_otel.with_lucidic(5, session_name="never") is None  # type: ignore[arg-type]
+    (message,) = api_warnings(caplog)
+    assert message == (
+        "lucidic-otel: with_lucidic: fn=5 is not callable; nothing was run and no session started"
+    )
+    assert JOURNAL.drain() == []
+
+
+def test_with_session_of_a_non_callable_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger=API_WARNINGS):
+        assert lucidic_otel.with_session(new_id(), "fn") is None  # type: ignore[arg-type]
+    (message,) = api_warnings(caplog)
+    assert message == "lucidic-otel: with_session: fn='fn' is not callable; nothing was run"
+
+
+@pytest.mark.parametrize("token", ["garbage", 5, object()], ids=["str", "int", "object"])
+def test_clear_active_session_with_a_foreign_token_unbinds_with_one_message(
+    token: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    lucidic_otel.set_active_session(new_id())
+    with caplog.at_level(logging.WARNING):
+        lucidic_otel.clear_active_session(token)  # type: ignore[arg-type]
+    assert where() is None  # what the caller wanted: no session here any more
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1, messages  # no "Failed to detach context" traceback
+    assert messages[0].startswith("lucidic-otel: clear_active_session: token=")
+    assert "is not a token returned by set_active_session" in messages[0]
+    assert messages[0].endswith("unbinding any session in this context instead")
+
+
+def test_clear_active_session_with_another_threads_token(caplog: pytest.LogCaptureFixture) -> None:
+    tokens: List[object] = []
+    thread = threading.Thread(target=lambda: tokens.append(lucidic_otel.set_active_session("t1")))
+    thread.start()
+    thread.join(10)
+    lucidic_otel.set_active_session("here")
+    with caplog.at_level(logging.WARNING):
+        lucidic_otel.clear_active_session(tokens[0])
+    assert where() is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "was made in another thread or task" in messages[0], messages
+
+
+@pytest.mark.openai
+def test_instrument_takes_library_names_and_the_transport_the_client_uses() -> None:
+    """``instrument=["openai", "httpx"]`` as the README writes it: "httpx" is the httpx
+    family, so the client's HTTP spans are recorded with whichever transport it uses (openai
+    3.x: httpx2; 2.x: httpx), next to the LLM span; an unknown name says what is installed."""
+    from lucidic_otel.demo.fake_openai import FakeOpenAIServer
+
+    with FakeOpenAIServer() as llm:
+        out = run_child(
+            f"""
+            import lucidic_otel, openai
+            from opentelemetry import trace
+            from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+            from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+                InMemorySpanExporter)
+            lucidic_otel.init("chat", instrument=["openai", "httpx", "no-such-lib"])
+            seen = InMemorySpanExporter()
+            trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(seen))
+            client = openai.OpenAI(base_url={llm.base_url!r}, api_key="sk-test")
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{{"role": "user", "content": "hi"}}])
+            report("SPANS", sorted(
+                (s.name, s.attributes.get("lucidic.session_id") is not None)
+                for s in seen.get_finished_spans()))
+            """,
+        )
+    names = [name for name, _ in out["SPANS"]]
+    assert any(name.startswith("chat") for name in names), names
+    assert "POST" in names, names  # the transport's client span
+    assert all(stamped for _, stamped in out["SPANS"]), out["SPANS"]
+    assert "instrument='no-such-lib' names no installed instrumentation" in out["stderr"]
+    assert "'httpx'" in out["stderr"] and "could not be applied" not in out["stderr"]

@@ -394,6 +394,9 @@ def test_strict_mode_raises_config_error(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "LUCIDIC_EXIT_DEADLINE='forever'" in message
     assert "LUCIDIC_REGION='mars'" in message
     assert isinstance(raised.value, ValueError)
+    # Strict mode falls back to nothing, so the message must not claim a default is used.
+    assert message.startswith("LUCIDIC_STRICT=true and the configuration is invalid: ")
+    assert "using the default" not in message
 
 
 def test_strict_mode_without_problems_does_not_raise(monkeypatch: pytest.MonkeyPatch) -> None:

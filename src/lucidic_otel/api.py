@@ -7,6 +7,7 @@ a bad session id makes the work run without that session, never fail.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import logging
@@ -18,6 +19,7 @@ from typing import (
     Callable,
     Dict,
     Iterable,
+    MutableMapping,
     Optional,
     Sequence,
     Tuple,
@@ -42,6 +44,7 @@ from lucidic_otel.processor import PROCESS_SESSION, adopt
 from lucidic_otel.propagation import extract_env as _extract_env
 from lucidic_otel.propagation import inject_env as _inject_env
 from lucidic_otel.sessions import REGISTRY, flush_spans
+from lucidic_otel.shutdown import take_sigterm_in_worker
 
 logger = logging.getLogger("lucidic_otel")
 
@@ -65,12 +68,19 @@ def _invalid(message: str) -> None:
     logger.warning("lucidic-otel: %s", message)
 
 
-def _checked_session_id(session_id: object, where: str) -> Optional[str]:
+def _checked_session_id(
+    session_id: object, where: str, consequence: str = "running without this session"
+) -> Optional[str]:
+    """``session_id`` if valid; else None after one message naming ``where`` and what happens
+    instead (``consequence``), which differs by call: ``init`` starts a new session."""
     reason = session_id_error(session_id)
     if reason is None:
         return session_id  # type: ignore[return-value]
-    _invalid(f"{where}: session_id {str(session_id)[:80]!r} {reason}; running without this session")
+    _invalid(f"{where}: session_id {str(session_id)[:80]!r} {reason}; {consequence}")
     return None
+
+
+_NEW_SESSION = "starting a new session with a random id instead"
 
 
 def _checked_fields(where: str, fields: Dict[str, Any]) -> Dict[str, Any]:
@@ -125,6 +135,7 @@ def _configure_sdk(instrument: Optional[Iterable[str]]) -> None:
 
     if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         launch.RAN.by_init = True
+        take_sigterm_in_worker()  # before the SDK starts its threads
         LucidicDistro().configure()
         LucidicConfigurator().configure()
     bootstrap.after_sdk_ready()
@@ -132,27 +143,68 @@ def _configure_sdk(instrument: Optional[Iterable[str]]) -> None:
         _instrument(instrument)
 
 
+# Names users know, mapped to instrumentor entry points: a library name can stand for a
+# family (openai 3.x talks HTTP through ``httpx2``, openai 2.x and most others through
+# ``httpx``), and a distribution name for the instrumentation it ships.
+_INSTRUMENT_ALIASES: Dict[str, Tuple[str, ...]] = {
+    "httpx": ("httpx", "httpx2"),
+    "genai-openai": ("openai",),
+    "openai-v2": ("openai",),
+}
+_DIST_PREFIX = "opentelemetry-instrumentation-"
+# Entry-point names init() instrumented, so a carried worker can apply the same set.
+_instrumented: list = []
+
+
+def _entry_names(name: str) -> Tuple[str, ...]:
+    key = name.strip().lower().replace("_", "-")
+    key = key[len(_DIST_PREFIX) :] if key.startswith(_DIST_PREFIX) else key
+    return _INSTRUMENT_ALIASES.get(key, (key,))
+
+
+def _apply_instrumentor(ep: Any) -> Optional[str]:
+    """Instrument with ``ep``; the reason it could not, or None when it is applied."""
+    try:
+        from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
+
+        instrumentor = ep.load()()
+        conflict = get_dependency_conflicts(instrumentor.instrumentation_dependencies())
+        if conflict is not None:
+            return str(conflict)
+        if not getattr(instrumentor, "is_instrumented_by_opentelemetry", False):
+            instrumentor.instrument()
+    except Exception as exc:  # noqa: BLE001 - one instrumentation must not stop the others
+        return f"{type(exc).__name__}: {exc}"
+    if ep.name not in _instrumented:
+        _instrumented.append(ep.name)
+    return None
+
+
 def _instrument(names: Iterable[str]) -> None:
+    """Apply the instrumentations ``names`` asks for, by library or entry-point name."""
     from opentelemetry.util._importlib_metadata import entry_points
 
-    wanted = {names} if isinstance(names, str) else set(names)
-    found = set()
-    for ep in entry_points(group="opentelemetry_instrumentor"):
-        if ep.name not in wanted:
+    wanted = [names] if isinstance(names, str) else list(names)
+    installed = {ep.name: ep for ep in entry_points(group="opentelemetry_instrumentor")}
+    for name in wanted:
+        if not isinstance(name, str):
+            _invalid(f"init: instrument entry {name!r} is not a str; ignored")
             continue
-        found.add(ep.name)
-        try:
-            instrumentor = ep.load()()
-            if not getattr(instrumentor, "is_instrumented_by_opentelemetry", False):
-                instrumentor.instrument()
-        except Exception as exc:
-            logger.warning("lucidic-otel: could not instrument %r: %s", ep.name, exc)
-    missing = wanted - found
-    if missing:
-        _invalid(
-            f"init: instrument={sorted(missing)!r} names no installed instrumentation; "
-            "install the matching opentelemetry-instrumentation-* package"
-        )
+        candidates = [c for c in _entry_names(name) if c in installed]
+        if not candidates:
+            _invalid(
+                f"init: instrument={name!r} names no installed instrumentation; installed: "
+                f"{sorted(installed)}; install the matching opentelemetry-instrumentation-* "
+                "package"
+            )
+            continue
+        reasons = {c: _apply_instrumentor(installed[c]) for c in candidates}
+        if all(reasons.values()):
+            _invalid(
+                f"init: instrument={name!r} could not be applied ("
+                + "; ".join(f"{c}: {r}" for c, r in reasons.items())
+                + "); its spans will not be recorded"
+            )
 
 
 # --- sessions ------------------------------------------------------------------------------
@@ -187,7 +239,7 @@ def init(
         raise
     except Exception:
         logger.exception("lucidic-otel: init could not configure OpenTelemetry")
-    sid = None if session_id is None else _checked_session_id(session_id, "init")
+    sid = None if session_id is None else _checked_session_id(session_id, "init", _NEW_SESSION)
     sid = sid or new_session_id()
     unknown = set(session_fields) - set(_INIT_FIELDS)
     if unknown:
@@ -207,6 +259,7 @@ def init(
     )
     PROCESS_SESSION.session_id = sid
     otel_context.attach(context_with_session(sid))
+    REGISTRY.store_now()  # before any worker or child can store an event of this session
     return sid
 
 
@@ -246,8 +299,8 @@ class session:  # noqa: N801 - a context manager named like a function, as conte
     Spans that were already open when the scope started keep their own session.
     """
 
-    def __init__(self, session_id: str) -> None:
-        self.session_id = _checked_session_id(session_id, "session")
+    def __init__(self, session_id: str, *, _where: str = "session") -> None:
+        self.session_id = _checked_session_id(session_id, _where)
         self._opened = False
 
     def _context(self) -> Context:
@@ -371,9 +424,15 @@ def with_session(
 ) -> Union[R, Awaitable[R]]:
     """Run ``fn(*args, **kwargs)`` with ``session_id`` active and return its result.
 
-    For a coroutine function the result is an awaitable that runs it inside the session.
+    For a coroutine function the result is an awaitable that runs it inside the session. The
+    session is started (recorded) on first use and never ended here: a conversation spans many
+    requests. End it with :func:`end_session` when it is over, or use :func:`with_lucidic` for
+    work that is the whole session.
     """
-    return session(session_id)(fn)(*args, **kwargs)
+    if not callable(fn):
+        _invalid(f"with_session: fn={fn!r} is not callable; nothing was run")
+        return None  # type: ignore[return-value]
+    return session(session_id, _where="with_session")(fn)(*args, **kwargs)
 
 
 def with_lucidic(
@@ -390,7 +449,12 @@ def with_lucidic(
     """
     init_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _INIT_FIELDS}
     kwargs.pop("auto_end", None)
-    sid = None if session_id is None else _checked_session_id(session_id, "with_lucidic")
+    if not callable(fn):
+        _invalid(f"with_lucidic: fn={fn!r} is not callable; nothing was run and no session started")
+        return None  # type: ignore[return-value]
+    sid = None
+    if session_id is not None:
+        sid = _checked_session_id(session_id, "with_lucidic", _NEW_SESSION)
     sid = sid or new_session_id()
     fields = _checked_fields("with_lucidic", {"session_name": session_name, **init_kwargs})
     name = fields.pop("session_name", None)
@@ -401,6 +465,7 @@ def with_lucidic(
     except Exception:
         logger.exception("lucidic-otel: with_lucidic could not configure OpenTelemetry")
     REGISTRY.open(sid, name=name, auto_end=False, **fields)
+    REGISTRY.store_now()
     scoped = session(sid)(fn)
 
     if inspect.iscoroutinefunction(fn):
@@ -434,11 +499,37 @@ def set_active_session(session_id: str) -> Token:
 
 
 def clear_active_session(token: Optional[Token] = None) -> None:
-    """Undo :func:`set_active_session`; without a token, unbind any session in this context."""
-    if token is not None:
-        otel_context.detach(token)  # type: ignore[arg-type]
-    else:
+    """Undo :func:`set_active_session`; without a token, unbind any session in this context.
+
+    A token that is not one of ours, or that belongs to another thread or task, cannot be
+    undone here: one message says so and the session is unbound in this context instead (what
+    the caller wanted), rather than OpenTelemetry's "Failed to detach context" traceback.
+    """
+    if token is None:
         otel_context.attach(context_without_session())
+        return
+    problem = _detach(token)
+    if problem is not None:
+        _invalid(
+            f"clear_active_session: token={str(token)[:80]!r} {problem}; unbinding any "
+            "session in this context instead"
+        )
+        otel_context.attach(context_without_session())
+
+
+def _detach(token: object) -> Optional[str]:
+    """Detach ``token``; the reason it cannot be, or None when it was."""
+    if not isinstance(token, contextvars.Token):
+        return "is not a token returned by set_active_session"
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    try:
+        if runtime is None:
+            otel_context.detach(token)
+        else:  # its own errors, instead of the public detach's logged traceback
+            runtime.detach(token)
+    except (ValueError, RuntimeError):
+        return "was made in another thread or task, or was already used"
+    return None
 
 
 def end_session(
@@ -451,8 +542,10 @@ def end_session(
 ) -> bool:
     """End a session (default: the current one) after its finished spans. Idempotent.
 
-    Returns True the first time, False when it was already ended or no session was found.
-    Safe from any thread or task; the flush happens on a background thread.
+    Returns True the first time for a session started or joined here; False when it was
+    already ended, when there is no such session, and for a session this process never
+    started or joined (its end is still recorded, once: it may be another worker's or
+    service's session). Safe from any thread or task; the flush happens on a background thread.
     """
     sid = (
         current_session_id()
@@ -469,6 +562,9 @@ def end_session(
             "environment); the service that started it ends it; pass session_id to end it here"
         )
         return False
+    known_here = session_id is None or REGISTRY.knows(sid) or sid == current_session_id()
+    if not known_here:
+        _unknown_end(sid)
     fields = _checked_fields(
         "end_session",
         {
@@ -481,7 +577,26 @@ def end_session(
     ended = REGISTRY.end(sid, fields)
     if PROCESS_SESSION.session_id == sid:
         PROCESS_SESSION.session_id = None
-    return ended
+    return ended and known_here
+
+
+_warned_unknown_end = False
+
+
+def _unknown_end(session_id: str) -> None:
+    """Ending a session this process never started or joined: the end is still recorded (the
+    session may belong to another worker or service), and the first time one message says so."""
+    global _warned_unknown_end
+    if _warned_unknown_end:
+        return
+    _warned_unknown_end = True
+    logger.warning(
+        "lucidic-otel: end_session: session %r was not started or joined in this process; its "
+        "end is recorded anyway, for a session another process or service started (Lucidic "
+        "rejects it if none did, and `lucidic-otel doctor` lists the rejection); returning "
+        "False. Later such ends are not reported.",
+        session_id[:80],
+    )
 
 
 def current_session_id() -> Optional[str]:
@@ -509,11 +624,18 @@ def inject_env(env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     launcher joins the session. The process default session is carried too when no scope is
     active, so a child of an ``init()`` script joins from any thread.
     """
+    if env is not None and not isinstance(env, MutableMapping):
+        _invalid(
+            f"inject_env: env={str(env)[:80]!r} is not valid: expected a dict of str to str, or "
+            "None; returning a copy of os.environ with the context instead"
+        )
+        env = None
     ctx = otel_context.get_current()
     if active_session(ctx) is None and baggage.get_baggage(BAGGAGE_KEY, ctx) is None:
         sid = current_session_id()
         if sid is not None:
             ctx = context_with_session(sid, ctx)
+    REGISTRY.store_now()  # the child may deliver its events before this process exports
     return _inject_env(env, ctx)  # type: ignore[return-value]
 
 
@@ -522,26 +644,57 @@ def extract_env(env: Optional[Dict[str, str]] = None) -> Context:
     return _extract_env(env)
 
 
+def _recording_setup() -> Optional[Dict[str, Any]]:
+    """What a worker needs to record like this process, or None when this process does not
+    record through lucidic (no SDK provider with the session processor)."""
+    provider = bootstrap.sdk_provider()
+    if provider is None or not bootstrap.has_session_processor(provider):
+        return None
+    return {"instrument": list(_instrumented)}
+
+
+def _record_here(setup: Dict[str, Any]) -> None:
+    """In a worker nobody set OpenTelemetry up in (spawn and forkserver children of a plain
+    ``python`` program that called ``init()``): set it up as ``init`` would, without a session
+    of its own, so the carried spans are recorded into the same store. Under the launcher, or
+    where the application built a provider, there is nothing to do."""
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return
+    instrument = setup.get("instrument") if isinstance(setup, dict) else None
+    _configure_sdk([n for n in instrument or () if isinstance(n, str)] or None)
+
+
 class _CarriedContext:
     """``fn`` bound to the trace and session that were current when it was made.
 
-    A plain object of three fields so that it pickles (by reference to ``fn``) into spawn and
+    A plain object of four fields so that it pickles (by reference to ``fn``) into spawn and
     forkserver children, which inherit no context at all, and into pool workers forked before
     the session began. The session is carried as the active session, not only as baggage: the
     carrier comes from this application, not from a caller, so the inbound baggage trust policy
-    (``LUCIDIC_BAGGAGE_TRUST=ignore`` at an edge) must not drop it.
+    (``LUCIDIC_BAGGAGE_TRUST=ignore`` at an edge) must not drop it. ``setup`` says how the
+    parent records, for a worker with no telemetry of its own (no credentials: the worker
+    writes to the shared store and the parent, which has them, delivers).
     """
 
-    __slots__ = ("fn", "carrier", "session_id")
+    __slots__ = ("fn", "carrier", "session_id", "setup")
 
-    def __init__(self, fn: Callable[..., Any], carrier: Dict[str, str], session_id: Optional[str]):
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        carrier: Dict[str, str],
+        session_id: Optional[str],
+        setup: Optional[Dict[str, Any]] = None,
+    ):
         self.fn = fn
         self.carrier = carrier
         self.session_id = session_id
+        self.setup = setup
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         token = None
         try:
+            if self.setup is not None:
+                _record_here(self.setup)
             ctx = propagate.extract(self.carrier)
             if self.session_id is not None:
                 ctx = context_with_session(self.session_id, ctx)
@@ -555,10 +708,11 @@ class _CarriedContext:
                 otel_context.detach(token)
 
     def __getstate__(self) -> tuple:
-        return (self.fn, self.carrier, self.session_id)
+        return (self.fn, self.carrier, self.session_id, self.setup)
 
     def __setstate__(self, state: tuple) -> None:
-        self.fn, self.carrier, self.session_id = state
+        self.fn, self.carrier, self.session_id = state[:3]
+        self.setup = state[3] if len(state) > 3 else None
 
     def __repr__(self) -> str:
         return f"carry_context({self.fn!r}, session_id={self.session_id!r})"
@@ -572,6 +726,8 @@ def carry_context(fn: Callable[..., R]) -> Callable[..., R]:
     Fork children inherit the context of the thread that forked them, but spawn and
     forkserver children, and pool workers started before the session, do not; the wrapper
     is picklable (when ``fn`` is) and re-attaches the captured context around each call.
+    A worker with no telemetry set up (spawn/forkserver under a plain ``python`` that called
+    ``init()``) is set up on the first call, as the parent was, so its spans are recorded.
     The child never starts or ends the session: it only stamps its spans with it.
     """
     if not callable(fn):
@@ -579,9 +735,12 @@ def carry_context(fn: Callable[..., R]) -> Callable[..., R]:
         return fn
     carrier: Dict[str, str] = {}
     sid = None
+    setup = None
     try:
         propagate.inject(carrier)
         sid = current_session_id()
+        setup = _recording_setup()
+        REGISTRY.store_now()  # the workers' events must not be stored ahead of the init
     except Exception:
         logger.debug("lucidic-otel: could not capture the current context", exc_info=True)
-    return _CarriedContext(fn, carrier, sid)
+    return _CarriedContext(fn, carrier, sid, setup)

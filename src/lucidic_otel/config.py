@@ -13,7 +13,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Mapping, Optional, Tuple, TypeVar
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from lucidic_otel.ids import session_id_error
 
@@ -86,6 +86,11 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
         self.problems: List[str] = []
+        self.strict = False  # then a problem stops telemetry: no fallback is ever used
+
+    def problem(self, what: str, consequence: str) -> None:
+        """Record one problem: what is wrong and, unless strict, what happens instead."""
+        self.problems.append(what if self.strict else f"{what}; {consequence}")
 
     def raw(self, name: str) -> Optional[str]:
         value = self.env.get(name)
@@ -96,9 +101,8 @@ class _Reader:
 
     def bad(self, name: str, value: str, allowed: str, default: object) -> None:
         shown = value if len(value) <= 80 else value[:77] + "..."
-        self.problems.append(
-            f"{name}={shown!r} is not valid: expected {allowed}; using the default {default!r}"
-        )
+        self.problem(f"{name}={shown!r} is not valid: expected {allowed}",
+                     f"using the default {default!r}")
 
     def boolean(self, name: str, default: bool) -> bool:
         value = self.raw(name)
@@ -142,9 +146,7 @@ class _Reader:
             return None
         reason = session_id_error(value)
         if reason:
-            self.problems.append(
-                f"{name}={value[:80]!r} is not a valid session id: it {reason}; ignored"
-            )
+            self.problem(f"{name}={value[:80]!r} is not a valid session id: it {reason}", "ignored")
             return None
         return value
 
@@ -152,9 +154,10 @@ class _Reader:
         """A credential: printable ASCII with no spaces, else refused without showing it."""
         value = self.raw(name)
         if value is not None and not (value.isascii() and value.isprintable() and " " not in value):
-            self.problems.append(
+            self.problem(
                 f"{name} is not valid: it contains spaces, line breaks or non-ASCII characters "
-                "(the value is not shown); delivery to Lucidic is disabled"
+                "(the value is not shown)",
+                "delivery to Lucidic is disabled",
             )
             return None
         return value
@@ -163,9 +166,10 @@ class _Reader:
         value = self.raw(name)
         if value is not None and (len(value) > max_len or not value.isprintable()):
             shown = value if len(value) <= 80 else value[:77] + "..."
-            self.problems.append(
+            self.problem(
                 f"{name}={shown!r} is not valid: expected printable text of at most {max_len} "
-                "chars; ignored"
+                "chars",
+                "ignored",
             )
             return None
         return value
@@ -177,15 +181,16 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
     Problems are collected in ``Settings.problems``; :func:`get_settings` logs them once.
     """
     r = _Reader(os.environ if env is None else env)
-    strict = r.boolean("LUCIDIC_STRICT", False)
+    strict = r.strict = r.boolean("LUCIDIC_STRICT", False)
     trust = r.choice("LUCIDIC_BAGGAGE_TRUST", "accept", TRUST_MODES)
     secret_text = r.raw("LUCIDIC_BAGGAGE_SECRET")
     # surrogateescape gives back the exact bytes of a secret that is not valid UTF-8.
     secret = secret_text.encode("utf-8", "surrogateescape") if secret_text else None
     if trust == "signed" and (secret is None or len(secret) < 16):
-        r.problems.append(
+        r.problem(
             "LUCIDIC_BAGGAGE_TRUST=signed needs LUCIDIC_BAGGAGE_SECRET set to a shared secret of "
-            "at least 16 bytes; inbound baggage sessions are ignored until it is"
+            "at least 16 bytes",
+            "inbound baggage sessions are ignored until it is",
         )
         secret = None
 
@@ -250,6 +255,14 @@ def set_overrides(**values: Optional[str]) -> None:
         _settings = None
 
 
+def strict_message(problems: Sequence[str]) -> str:
+    """The error of strict mode: what is wrong, and that nothing falls back."""
+    return (
+        "LUCIDIC_STRICT=true and the configuration is invalid: " + "; ".join(problems)
+        + " (strict mode uses no default in place of an invalid value)"
+    )
+
+
 def get_settings() -> Settings:
     """The process settings, loaded on first use; problems are logged once, here."""
     global _settings
@@ -259,11 +272,11 @@ def get_settings() -> Settings:
     with _lock:
         if _settings is None:
             loaded = load_settings({**os.environ, **_overrides} if _overrides else None)
-            for problem in loaded.problems:
+            for problem in () if loaded.strict else loaded.problems:  # strict: one error
                 logger.warning("lucidic-otel configuration: %s", problem)
             if loaded.strict and loaded.problems:
                 _settings = loaded
-                raise ConfigError("; ".join(loaded.problems))
+                raise ConfigError(strict_message(loaded.problems))
             _settings = loaded
         return _settings
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, List
+import sys
+from typing import Any, List, NoReturn
 
 from opentelemetry.instrumentation.distro import BaseDistro
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
@@ -24,6 +25,7 @@ from opentelemetry.util._importlib_metadata import entry_points
 from lucidic_otel import launch
 from lucidic_otel.bootstrap import after_sdk_ready, session_processor
 from lucidic_otel.config import ConfigError, get_settings
+from lucidic_otel.shutdown import take_sigterm_in_worker
 
 logger = logging.getLogger("lucidic_otel")
 
@@ -81,6 +83,48 @@ def drop_unknown_exporters(environ: os._Environ[str] | dict[str, str]) -> List[s
     return unknown
 
 
+STRICT_EXIT_STATUS = 2
+_LAUNCHER_LOGGER = "opentelemetry.instrumentation.auto_instrumentation._load"
+_SKIPPED_CONFIGURATOR = (
+    "Configuration of %s not loaded because %s is set by %s",
+    "Configuration of %s not loaded, %s already loaded",
+)
+
+
+class _OurChoiceIsNotNews(logging.Filter):
+    """Drops the launcher's warning that it skipped another configurator because our distro
+    chose ``lucidic``: with ``opentelemetry-distro`` installed it printed a line at every
+    start of every program, about a default the user never set and cannot act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (record.msg in _SKIPPED_CONFIGURATOR and len(args) > 1 and args[1] == "lucidic")
+
+
+def _quiet_our_configurator_choice() -> None:
+    launcher_logger = logging.getLogger(_LAUNCHER_LOGGER)
+    if not any(isinstance(f, _OurChoiceIsNotNews) for f in launcher_logger.filters):
+        launcher_logger.addFilter(_OurChoiceIsNotNews())
+
+
+def stop_for_strict_mode(error: ConfigError) -> NoReturn:
+    """``LUCIDIC_STRICT=true`` under the launcher: the program does not run.
+
+    The launcher catches every exception from a distro, prints it and runs the program
+    uninstrumented with status 0, which is the opposite of strict. This runs in the launched
+    interpreter's start-up (``sitecustomize``), before any of the program's code, where
+    ``SystemExit`` would only give "Fatal Python error": say it in one line and exit now.
+    """
+    try:
+        sys.stderr.write(
+            f"lucidic-otel: {error}; the program was not started (exit status "
+            f"{STRICT_EXIT_STATUS}). Fix the variable or unset LUCIDIC_STRICT.\n"
+        )
+        sys.stderr.flush()
+    finally:
+        os._exit(STRICT_EXIT_STATUS)
+
+
 class LucidicDistro(BaseDistro):
     """Entry point ``opentelemetry_distro`` = ``lucidic``."""
 
@@ -88,9 +132,12 @@ class LucidicDistro(BaseDistro):
         launch.RAN.distro = True
         launch.RAN.exporters_before_distro = os.environ.get(launch.EXPORTER_VARIABLE)
         try:
+            take_sigterm_in_worker()  # a spawn worker: before the SDK starts any thread
+            if "OTEL_PYTHON_CONFIGURATOR" not in os.environ:
+                _quiet_our_configurator_choice()
             apply_defaults(os.environ)
-        except ConfigError:
-            raise  # strict mode: the user asked for invalid settings to stop telemetry
+        except ConfigError as exc:
+            stop_for_strict_mode(exc)
         except Exception:
             logger.exception("lucidic-otel: the distro could not apply its defaults")
 
@@ -104,8 +151,8 @@ class LucidicConfigurator(_OTelSDKConfigurator):
         try:
             drop_unknown_exporters(os.environ)
             processors.insert(0, session_processor())
-        except ConfigError:
-            raise
+        except ConfigError as exc:
+            stop_for_strict_mode(exc)
         except Exception:
             logger.exception("lucidic-otel: could not prepare the session processor")
         super()._configure(span_processors=processors, **kwargs)
@@ -120,8 +167,13 @@ def pre_instrument(**kwargs: Any) -> None:
     hook; a distro the user chose keeps its own defaults.
     """
     try:
+        # Another distro's configurator already started the SDK's threads: in a spawn worker
+        # a SIGTERM may then end it without a flush, but never leaves it hanging.
+        take_sigterm_in_worker()
         if not launch.RAN.distro and launch.distro().how != "chosen":
             apply_instrumentation_defaults(os.environ)
+    except ConfigError as exc:
+        stop_for_strict_mode(exc)
     except Exception:
         logger.exception("lucidic-otel: the pre-instrument hook failed")
 
@@ -129,6 +181,9 @@ def pre_instrument(**kwargs: Any) -> None:
 def post_instrument(**kwargs: Any) -> None:
     """Entry point ``opentelemetry_post_instrument`` = ``lucidic``: sessions whoever won."""
     try:
+        get_settings()  # strict mode stops here, whoever won the race
         after_sdk_ready()
+    except ConfigError as exc:
+        stop_for_strict_mode(exc)
     except Exception:
         logger.exception("lucidic-otel: the post-instrument hook failed")
