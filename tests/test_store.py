@@ -21,9 +21,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
+from support.launcher import clean_env, run_instrumented, write_script
 
 import lucidic_otel.store as store_module
-from lucidic_otel.store import OutboxItem, SpanRecord, Store, default_store_path
+from lucidic_otel.store import (
+    OutboxItem,
+    SpanRecord,
+    Store,
+    default_store_path,
+    store_path_problem,
+)
 
 SRC = str(Path(store_module.__file__).resolve().parents[1])
 STORE_LOGGER = "lucidic_otel.store"
@@ -663,15 +670,107 @@ def test_corrupt_file_warns_once_and_degrades_to_memory(
     s.close()
 
 
-def test_unwritable_location_warns_once_and_degrades_to_memory(
+def test_parent_that_is_a_file_warns_once_and_degrades_to_memory(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     s = Store(blocker / "lucidic-otel" / "store.db")
     message = _assert_degraded_but_working(s, caplog)
-    assert "writable" in message and "LUCIDIC_STORE_PATH" in message
+    advice = message.split("To fix: ", 1)[1]
+    assert f"'{blocker}' is a file, not a directory" in message
+    assert advice.startswith("point LUCIDIC_STORE_PATH at a file in a directory")
+    assert "writable" not in advice  # it is writable: that is not what is wrong
     s.close()
+
+
+@pytest.mark.parametrize("kind", ["directory", "under a file"])
+def test_check_path_moves_a_path_that_cannot_hold_a_store_to_memory_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    if kind == "directory":
+        path, reason = tmp_path, "it is a directory, and a file path is expected"
+    else:
+        (tmp_path / "a-file").write_text("a regular file")
+        path = tmp_path / "a-file" / "store.db"
+        reason = f"'{tmp_path / 'a-file'}' is a file, not a directory"
+    s = Store(path)
+    with caplog.at_level(logging.WARNING, logger=STORE_LOGGER):
+        assert s.check_path() is False
+        assert s.in_memory
+        assert s.write_batch([span(0, "s1")]) and len(s.session_spans("s1")) == 1
+        assert s.check_path() is False
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == STORE_LOGGER]
+    assert warning.startswith(f"lucidic-otel: cannot use the local store {path} ({reason}). "
+                              "This process keeps its telemetry in memory instead")
+    assert "LUCIDIC_STORE_PATH" in warning.split("To fix: ", 1)[1]
+    assert "writable" not in warning
+    s.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == (
+        [] if kind == "directory" else ["a-file"])
+
+
+def test_check_path_creates_nothing_and_keeps_a_usable_path(tmp_path: Path) -> None:
+    path = tmp_path / "not" / "yet" / "store.db"
+    s = Store(path)
+    assert s.check_path() is True and not s.in_memory
+    assert not (tmp_path / "not").exists()  # created at the first write, as before
+    assert s.write_batch([span(0, "s1")]) and path.is_file() and not s.in_memory
+    assert s.check_path() is True
+    s.close()
+
+
+def test_store_path_problem_for_a_directory_no_one_can_create(tmp_path: Path) -> None:
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    try:
+        if os.access(readonly, os.W_OK):
+            pytest.skip("running with privileges that ignore directory permissions")
+        problem = store_path_problem(readonly / "lucidic" / "store.db")
+        assert problem is not None
+        assert problem.reason == (f"the directory '{readonly / 'lucidic'}' cannot be created: "
+                                  f"'{readonly}' is not writable by this user")
+        assert problem.remedy.startswith(f"make '{readonly}' writable by this user")
+    finally:
+        readonly.chmod(0o700)
+
+
+BAD_STORE_APP = r'''
+import sys
+print("PROGRAM STARTS", file=sys.stderr, flush=True)
+from opentelemetry import trace
+with trace.get_tracer("app").start_as_current_span("work"):
+    pass
+print("PROGRAM ENDS", file=sys.stderr, flush=True)
+'''
+
+
+@pytest.mark.parametrize("kind", ["directory", "under a file"])
+def test_a_bad_store_path_is_reported_at_start_up(tmp_path: Path, kind: str) -> None:
+    """The first write is at exit for a short program: a warning then comes after all of
+    the program's output. The path alone rules the file out, so it is said before."""
+    if kind == "directory":
+        path = tmp_path / "a-directory"
+        path.mkdir()
+        reason = "it is a directory, and a file path is expected"
+    else:
+        (tmp_path / "a-file").write_text("a regular file")
+        path = tmp_path / "a-file" / "store.db"
+        reason = f"'{tmp_path / 'a-file'}' is a file, not a directory"
+    app = write_script(tmp_path, "app.py", BAD_STORE_APP)
+    result = run_instrumented([app], env=clean_env(LUCIDIC_STORE_PATH=str(path)), timeout=60)
+    assert result.returncode == 0, result.stderr  # telemetry never breaks the program
+    lines = [line for line in result.stderr.splitlines() if "Configuration of" not in line]
+    assert len(lines) == 3, result.stderr
+    warning, started, ended = lines
+    assert (started, ended) == ("PROGRAM STARTS", "PROGRAM ENDS")
+    assert warning.startswith(f"lucidic-otel: cannot use the local store {path} ({reason}). "
+                              "This process keeps its telemetry in memory instead")
+    assert "LUCIDIC_STORE_PATH" in warning.split("To fix: ", 1)[1]
+    assert "writable" not in warning
+    if kind == "directory":
+        assert list(path.iterdir()) == []
 
 
 def test_read_only_directory_warns_once_and_degrades_to_memory(

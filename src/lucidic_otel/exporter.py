@@ -83,6 +83,9 @@ class LucidicSpanExporter(SpanExporter):
         self._last_resource_attributes: Dict[str, Any] = {}
         self.failures = 0
         self._setup_recorded = False
+        # Constructing the store opens nothing; a path that can never hold it is reported now,
+        # before the program's own output, not at the first export (often at exit).
+        self.store.check_path()
         if self._settings.delivery_enabled:
             # Lifecycle records still in memory at exit are written before the last delivery.
             sender.register_flush(self.force_flush)

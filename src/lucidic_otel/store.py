@@ -42,7 +42,8 @@ Size cap
 Degradation policy (never raise into callers, never lose data silently)
     * A file that cannot be used at all (cannot create the directory, read-only location,
       corrupt or foreign file, disk full, I/O error, a schema from a newer version): one
-      warning naming the path, the error and the fix; the process then keeps working on a
+      warning naming the path, the error and the fix (at start-up, from :meth:`Store.check_path`,
+      when the path itself rules the file out); the process then keeps working on a
       private in-memory database of the same schema, capped at ``min(max_bytes, 64 MB)`` with
       the same eviction rules and warnings. The sender can still deliver from it; what is
       undelivered at exit is counted and reported by :meth:`Store.close`. The file is never
@@ -490,6 +491,14 @@ class _BadDataError(Exception):
     """A value could not be bound; the caller retries with coerced values."""
 
 
+class _BadPathError(Exception):
+    """The path can never hold a store; found by :func:`store_path_problem`, before opening."""
+
+    def __init__(self, problem: StorePathProblem) -> None:
+        super().__init__(problem.reason)
+        self.problem = problem
+
+
 class _UnavailableError(Exception):
     """The operation could not be completed (lock held too long, memory store failed)."""
 
@@ -510,7 +519,7 @@ def _classify(exc: BaseException) -> str:
          UnicodeError, OverflowError, TypeError, ValueError),
     ):
         return "data"
-    if isinstance(exc, (sqlite3.DatabaseError, OSError, _UnusableStoreError)):
+    if isinstance(exc, (sqlite3.DatabaseError, OSError, _UnusableStoreError, _BadPathError)):
         return "fatal"
     return "bug"
 
@@ -522,8 +531,15 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
+def _describe(exc: BaseException) -> str:
+    """The error for the warning line: our own path reasons need no exception type."""
+    return str(exc) if isinstance(exc, _BadPathError) else f"{type(exc).__name__}: {exc}"
+
+
 def _remedy(exc: BaseException, path: Path) -> str:
     message = str(exc).lower()
+    if isinstance(exc, _BadPathError):
+        return exc.problem.remedy
     if isinstance(exc, _UnusableStoreError):
         return (
             f"upgrade lucidic-otel in this environment or point {PATH_VARIABLE} at another "
@@ -551,6 +567,54 @@ def _remedy(exc: BaseException, path: Path) -> str:
         "check the disk and the file system (network file systems without working locks are "
         f"not supported) or point {PATH_VARIABLE} at a file on a local disk, then restart"
     )
+
+
+@dataclass(frozen=True)
+class StorePathProblem:
+    """Why a path can never hold the store (``reason``) and what to do (``remedy``)."""
+
+    reason: str
+    remedy: str
+
+
+def store_path_problem(path: os.PathLike[str] | str) -> Optional[StorePathProblem]:
+    """What makes ``path`` unusable as a store, known without creating or opening anything.
+
+    Only certain answers: a directory where the file should be, a regular file where a
+    directory should be, or a missing file whose nearest existing directory this user cannot
+    write (so neither it nor its directory can be created). Whatever else can go wrong (a
+    damaged or read-only file, a full disk) is only known by opening the file, and is
+    reported then. Never raises: a path it cannot examine gets None.
+    """
+    try:
+        path = Path(os.path.abspath(os.fspath(path)))
+        if path.is_dir():
+            return StorePathProblem(
+                "it is a directory, and a file path is expected",
+                f"point {PATH_VARIABLE} at a file, for example '{path / 'store.db'}', then "
+                "restart",
+            )
+        if path.exists() or path.is_symlink():
+            return None  # a file: opening it tells whether it is a usable store
+        ancestor = path.parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            return StorePathProblem(
+                f"'{ancestor}' is a file, not a directory",
+                f"point {PATH_VARIABLE} at a file in a directory (not under the file "
+                f"'{ancestor}'), then restart",
+            )
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            missing = "the file" if ancestor == path.parent else f"the directory '{path.parent}'"
+            return StorePathProblem(
+                f"{missing} cannot be created: '{ancestor}' is not writable by this user",
+                f"make '{ancestor}' writable by this user or point {PATH_VARIABLE} at a "
+                "writable location, then restart",
+            )
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 # Connections inherited across fork() are never used nor closed in the child (closing could
@@ -665,6 +729,27 @@ class Store:
     def in_memory(self) -> bool:
         """True once this process fell back to the in-memory store (no other process sees it)."""
         return self._mode == "memory"
+
+    def check_path(self) -> bool:
+        """Report a path that can never hold the store now, instead of at the first write.
+
+        The exporter calls this at start-up: its first write is often at exit, and a warning
+        printed after all of the program's own output is easily missed. Such a path moves
+        this process to the in-memory store at once, with the usual single warning (or is
+        handed to ``on_unusable``, as a failed open would be). Creates and opens nothing.
+        Returns False when the path cannot be used.
+        """
+        if self._mode != "file":
+            return False
+        problem = store_path_problem(self._path)
+        if problem is None:
+            return True
+        error = _BadPathError(problem)
+        if self.on_unusable is not None:
+            self.on_unusable(error)
+        else:
+            self._switch_to_memory(error)
+        return False
 
     # ------------------------------------------------------------------ writes
 
@@ -1473,6 +1558,11 @@ class Store:
         transactions that already hold the write lock finish first (the carry waits for the
         lock); later ones see the switch in :func:`_unless_switched` and retry in memory.
         """
+        # The same error ("unable to open database file", ENOTDIR from mkdir) has several
+        # causes; when the path itself is the cause, the warning says what is wrong with it.
+        problem = None if isinstance(exc, _BadPathError) else store_path_problem(self._path)
+        if problem is not None:
+            exc = _BadPathError(problem)
         with self._mem_lock:
             with self._state_lock:
                 if self._mode != "file":
@@ -1483,8 +1573,9 @@ class Store:
             if self._mem_conn is None:
                 self._mem_conn = _open_memory()
             # A newer version's file is never written, so nothing of it is carried (its items
-            # would be marked in it) and a damaged one has nothing readable.
-            carry = not isinstance(exc, _UnusableStoreError)
+            # would be marked in it), a damaged one has nothing readable, and a path that
+            # cannot hold a store holds nothing.
+            carry = not isinstance(exc, (_UnusableStoreError, _BadPathError))
             items, sessions = self._carry_into(self._mem_conn) if carry else (0, 0)
         carried = (
             f" {items} undelivered items and {sessions} open sessions were carried over from "
@@ -1492,10 +1583,10 @@ class Store:
             if items or sessions else ""
         )
         logger.warning(
-            "lucidic-otel: cannot use the local store %s (%s: %s). This process keeps its "
+            "lucidic-otel: cannot use the local store %s (%s). This process keeps its "
             "telemetry in memory instead (at most %d MB; anything undelivered is lost at exit, "
             "and `lucidic-otel sessions` will not show it).%s To fix: %s.",
-            self._path, type(exc).__name__, exc, self._cap() // (1024 * 1024), carried,
+            self._path, _describe(exc), self._cap() // (1024 * 1024), carried,
             _remedy(exc, self._path),
         )
 
