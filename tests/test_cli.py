@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
+from support.contract_server import ContractServer
 from support.launcher import clean_env, run_instrumented, write_script
 
 from lucidic_otel import cli
@@ -32,7 +33,7 @@ API_KEY = "sk-lucidic-TESTKEY-must-never-be-printed-8842"
 BAGGAGE_SECRET = "baggage-secret-never-printed-0001"
 SESSION_JSON_KEYS = {
     "session_id", "name", "started_at", "duration_s", "services", "spans", "llm_calls",
-    "input_tokens", "output_tokens", "cost", "status",
+    "input_tokens", "output_tokens", "cost", "status", "status_text",
 }
 # gpt-4o-mini: 0.15 / 0.60 USD per million tokens
 EXPECTED_COST = (120 * 0.15 + 30 * 0.60) / 1e6
@@ -112,6 +113,20 @@ print("CHILD", os.getpid())
 '''
 
 
+# Sessions nothing was recorded in, as programs really leave them: a scope no span ran in
+# (the session is started and never ended), a one-shot whose function made no span (ended),
+# and two ids where one is the start of the other.
+NO_SPANS = r'''
+import lucidic_otel
+
+with lucidic_otel.session("batch-1"):
+    pass
+lucidic_otel.with_session("batch-10", lambda: None)
+lucidic_otel.with_lucidic(lambda: None, session_id="one-shot", session_name="nothing ran")
+print("DONE")
+'''
+
+
 # ------------------------------------------------------------------------------ helpers
 
 
@@ -181,6 +196,17 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     return {"store": store, **ids}
 
 
+@pytest.fixture(scope="module")
+def no_spans(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store a real program under the launcher left sessions without spans in."""
+    root = tmp_path_factory.mktemp("no-spans")
+    store = root / "store.db"
+    script = write_script(root, "no_spans.py", NO_SPANS)
+    result = run_instrumented([script], env=clean_env(LUCIDIC_STORE_PATH=str(store)), timeout=60)
+    assert result.returncode == 0 and "DONE" in result.stdout, result.stdout + result.stderr
+    return store
+
+
 # ----------------------------------------------------------------------------- sessions
 
 
@@ -218,7 +244,7 @@ def test_sessions_json_has_exactly_the_documented_fields(recorded: Dict[str, Any
     assert first["llm_calls"] == 1
     assert (first["input_tokens"], first["output_tokens"]) == (120, 30)
     assert first["cost"] == pytest.approx(EXPECTED_COST)
-    assert first["status"] == "ended"
+    assert first["status"] == first["status_text"] == "ended"
     assert first["duration_s"] > 0
     started = datetime.fromisoformat(first["started_at"])
     assert started.utcoffset() == timezone.utc.utcoffset(None)
@@ -230,13 +256,29 @@ def test_sessions_limit_and_store_option_after_the_command(recorded: Dict[str, A
                      env=cli_env())
     assert result.returncode == 0, result.stderr
     assert [s["session_id"] for s in json.loads(result.stdout)] == [recorded["second"]]
+    assert result.stderr == ""  # JSON output is the array, and nothing else anywhere
+
+
+def test_sessions_limit_says_how_many_it_left_out(recorded: Dict[str, Any]) -> None:
+    cut = run_cli("sessions", "--limit", "1", env=cli_env(recorded["store"]))
+    assert cut.returncode == 0, cut.stderr
+    assert len(cut.stdout.splitlines()) == 2  # the header and the newest session, unchanged
+    assert cut.stdout.splitlines()[1].startswith(recorded["second"])
+    assert cut.stderr == "showing the newest 1 of 2 sessions; use --limit 2 to see all\n"
+    whole = run_cli("sessions", "--limit", "2", env=cli_env(recorded["store"]))
+    assert whole.returncode == 0 and len(whole.stdout.splitlines()) == 3
+    assert whole.stderr == ""  # nothing was left out, so nothing is said
 
 
 def test_missing_store_is_a_friendly_empty_answer(tmp_path: Path) -> None:
+    """Also the answer right after ``lucidic-otel demo``, which recorded into its own
+    temporary store: the hint says how to keep what the demo records."""
     store = tmp_path / "nothing" / "store.db"
     result = run_cli("sessions", env=cli_env(store))
     assert result.returncode == 0
     assert "No sessions recorded" in result.stdout and str(store) in result.stdout
+    assert ("`lucidic-otel demo` records into a temporary store it deletes afterwards: run it "
+            "with --keep to keep that store, or --store PATH to record into PATH.") in result.stdout
     assert result.stderr == ""
     assert not store.exists() and not store.parent.exists()  # reading creates nothing
     as_json = run_cli("sessions", "--json", env=cli_env(store))
@@ -336,6 +378,50 @@ def test_show_json(recorded: Dict[str, Any]) -> None:
     assert types_ == ["error_traceback", "llm_generation"]
 
 
+def test_sessions_without_spans_say_so_in_every_view(no_spans: Path) -> None:
+    """Not a bare "open", which reads as if spans were still on their way."""
+    table = run_cli("sessions", env=cli_env(no_spans))
+    assert table.returncode == 0, table.stderr
+    status = {line.split()[0]: line.split("  ")[-1].strip()
+              for line in table.stdout.splitlines()[1:]}
+    assert status == {"batch-1": "open (no spans)", "batch-10": "open (no spans)",
+                      "one-shot": "ended (no spans)"}
+    as_json = run_cli("sessions", "--json", env=cli_env(no_spans))
+    listed = {s["session_id"]: s for s in json.loads(as_json.stdout)}
+    assert {sid: (s["status"], s["status_text"], s["spans"]) for sid, s in listed.items()} == {
+        "batch-1": ("open", "open (no spans)", 0),  # "status" keeps its lifecycle values
+        "batch-10": ("open", "open (no spans)", 0),
+        "one-shot": ("ended", "ended (no spans)", 0),
+    }
+    shown = run_cli("show", "one-shot", env=cli_env(no_spans))
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[0] == 'session one-shot  "nothing ran"  ended (no spans)'
+    assert "no spans stored for this session" in shown.stdout
+    shown_json = json.loads(run_cli("show", "batch-1", "--json", env=cli_env(no_spans)).stdout)
+    assert shown_json["session"]["status_text"] == "open (no spans)"
+
+
+def test_show_takes_a_unique_prefix_of_the_id(recorded: Dict[str, Any]) -> None:
+    first, second = recorded["first"], recorded["second"]
+    length = next(n for n in range(4, len(first)) if not second.startswith(first[:n]))
+    result = run_cli("show", first[:length], env=cli_env(recorded["store"]))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith(f"session {first}  \"checkout agent\"")
+    assert "worker.step" in result.stdout
+
+
+def test_show_prefix_exact_id_wins_and_ambiguity_is_one_line(no_spans: Path) -> None:
+    exact = run_cli("show", "batch-1", env=cli_env(no_spans))  # also the start of batch-10
+    assert exact.returncode == 0, exact.stderr
+    assert exact.stdout.startswith("session batch-1  open (no spans)\n")
+    ambiguous = run_cli("show", "batch", env=cli_env(no_spans))
+    assert ambiguous.returncode == 1
+    assert one_error_line(ambiguous) == (
+        "lucidic-otel: 'batch' is the start of more than one session id (batch-1, batch-10); "
+        "give more of the id"
+    )
+
+
 def test_show_unknown_session_is_one_line_and_exit_1(recorded: Dict[str, Any]) -> None:
     result = run_cli("show", "no-such-session", env=cli_env(recorded["store"]))
     assert result.returncode == 1
@@ -391,6 +477,31 @@ def test_bad_usage_exits_2_without_traceback(args: tuple, tmp_path: Path) -> Non
     assert result.returncode == 2
     assert result.stderr.startswith("usage: lucidic-otel")
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(("args", "command"), [
+    (("sessions", "--jsn"), "sessions"), (("show", "abc", "--tree"), "show"),
+    (("doctor", "--jsn"), "doctor"),
+])
+def test_a_mistyped_option_gets_its_command_usage(
+    args: tuple, command: str, tmp_path: Path
+) -> None:
+    result = run_cli(*args, env=cli_env(tmp_path / "store.db"))
+    assert result.returncode == 2 and result.stdout == ""
+    usage, error = result.stderr.strip().splitlines()[0], result.stderr.strip().splitlines()[-1]
+    assert usage.startswith(f"usage: lucidic-otel {command} [-h]")
+    assert error == f"lucidic-otel {command}: error: unrecognized arguments: {args[-1]}"
+
+
+def test_demo_help_says_the_demo_records_into_its_store() -> None:
+    result = run_cli("demo", "--help", env=cli_env())
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert ("--store PATH record the demo into PATH, and keep it there (default: a temporary "
+            "store, deleted afterwards unless --keep)") in text
+    assert "to read" not in text
+    reading = " ".join(run_cli("sessions", "--help", env=cli_env()).stdout.split())
+    assert "--store PATH the local store to read" in reading
 
 
 def test_version() -> None:
@@ -463,6 +574,40 @@ def test_an_unexpected_exception_is_one_line(
     assert err == "lucidic-otel: error: RuntimeError: the sender exploded\n"
 
 
+def _copy_store(source: Path, target: Path) -> Path:
+    with sqlite3.connect(source) as conn, sqlite3.connect(target) as copy:
+        conn.backup(copy)
+    return target
+
+
+def test_upload_prints_its_result_on_stdout_and_no_progress_before_it(
+    recorded: Dict[str, Any], tmp_path: Path
+) -> None:
+    """The recorded store was written with no API key: its outbox still holds every record."""
+    text_store = _copy_store(recorded["store"], tmp_path / "text.db")
+    json_store = _copy_store(recorded["store"], tmp_path / "json.db")
+    with Store(text_store) as store:
+        pending = store.outbox_counts()["pending"]
+    assert pending > 0
+    with ContractServer(api_key=API_KEY, agent_id="agent-1") as server:
+        env = cli_env(LUCIDIC_AGENT_ID="agent-1", LUCIDIC_BASE_URL=server.base_url)
+        text = run_cli("upload", "--store", str(text_store), "--deadline", "30", env=env)
+        as_json = run_cli("upload", "--store", str(json_store), "--deadline", "30", "--json",
+                          env=env)
+    assert server.violations == []
+    assert text.returncode == 0, text.stdout + text.stderr
+    out = text.stdout.splitlines()
+    assert out[0] == f"store: {text_store}"
+    assert out[1].startswith(f"sent {pending} of {pending} pending records (")
+    assert out[-1] == "everything pending was delivered"
+    # Progress, if the run was slow enough to show any, counts something delivered.
+    assert all(line.startswith("delivered ") and not line.startswith("delivered 0/")
+               for line in text.stderr.splitlines()), text.stderr
+    assert as_json.returncode == 0, as_json.stderr
+    summary = json.loads(as_json.stdout)  # the whole of stdout
+    assert (summary["delivered"], summary["remaining"]) == (pending, 0)
+
+
 # ------------------------------------------------------------------------------- doctor
 
 
@@ -481,10 +626,12 @@ def _fake_instrumentor_path(root: Path) -> Path:
     return site
 
 
-def _doctor_json(env: Dict[str, str]) -> Dict[str, Any]:
-    result = run_cli("doctor", "--json", env=env)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+def _doctor_json(env: Dict[str, str], *args: str) -> Dict[str, Any]:
+    """The report; doctor's exit status says whether it lists problems, every time."""
+    result = run_cli("doctor", "--json", *args, env=env)
+    report = json.loads(result.stdout)
+    assert result.returncode == (1 if report["problems"] else 0), (result, report["problems"])
+    return report
 
 
 PROBE = """
@@ -525,9 +672,12 @@ def test_doctor_agrees_with_the_real_launcher(
                 == seen["OTEL_PYTHON_CONFIGURATOR"])
         picked = report["launcher"]["configurator"]["name"]
         assert f"Configuration of {picked} not loaded" not in launched.stderr
+        # Our distro silences the skip notice when the configurator is its own choice.
+        quiet = picked == "lucidic" and report["launcher"]["distro"]["name"] == "lucidic"
         for other in report["launcher"]["configurators"]:
             if other["name"] != picked:
-                assert f"Configuration of {other['name']} not loaded" in launched.stderr
+                said = f"Configuration of {other['name']} not loaded" in launched.stderr
+                assert said is not quiet, (quiet, launched.stderr)
 
 
 def test_doctor_with_opentelemetry_distro_installed(recorded: Dict[str, Any]) -> None:
@@ -564,7 +714,7 @@ def test_doctor_with_opentelemetry_distro_installed(recorded: Dict[str, Any]) ->
     assert not any("distro" in p.lower() for p in chosen["problems"])
 
     text = run_cli("doctor", env=cli_env(recorded["store"], OTEL_PYTHON_DISTRO="lucidic"))
-    assert text.returncode == 0
+    assert text.returncode == 1  # cli_env sets the API key without an agent id
     assert "OTEL_PYTHON_DISTRO=lucidic  ->  picks lucidic (lucidic-otel" in text.stdout
     assert "distro (opentelemetry-distro" in text.stdout
     assert "api_key=set" in text.stdout
@@ -634,12 +784,80 @@ def test_doctor_lists_failed_outbox_items_with_reasons(recorded: Dict[str, Any],
     assert "1 failed" in text.stdout
 
 
-def test_doctor_reports_an_unreadable_store_without_failing(tmp_path: Path) -> None:
-    store = tmp_path / "store.db"
-    store.write_bytes(b"not a database at all" * 100)
-    report = _doctor_json(cli_env(store))
-    assert report["data"]["store_error"].startswith("cannot read the store")
-    assert report["data"]["store_error"] in report["problems"]
+def _damaged_copy(source: Path, target: Path) -> Path:
+    """A real store cut short, as a crash of the disk (not of a process) leaves one: still
+    SQLite by its header, no longer readable as a whole."""
+    with sqlite3.connect(source) as conn, sqlite3.connect(target) as copy:
+        conn.backup(copy)
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 3])
+    return target
+
+
+def test_doctor_tells_a_garbage_store_from_a_damaged_one(recorded: Dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database at all" * 100)
+    damaged = _damaged_copy(recorded["store"], tmp_path / "damaged.db")
+    lines = {}
+    for name, store in (("garbage", garbage), ("damaged", damaged)):
+        env = cli_env(store, LUCIDIC_API_KEY=None)  # no problem but the store's
+        report = _doctor_json(env)
+        assert report["data"]["store_error"].startswith(f"cannot read the store {store}")
+        assert report["problems"] == [report["data"]["store_problem"]]
+        text = run_cli("doctor", env=env)
+        assert text.returncode == 1, text.stdout
+        assert f"store: {store}  (cannot be used, see Problems; from LUCIDIC_STORE_PATH)" in (
+            text.stdout)
+        (lines[name],) = [line for line in text.stdout.splitlines() if line.startswith("  - ")]
+    assert "it is not an SQLite database" in lines["garbage"]
+    assert "it is a damaged SQLite database" in lines["damaged"]
+    for line in lines.values():
+        assert "keep their telemetry in memory only" in line and "To fix: move it aside" in line
     missing = _doctor_json(cli_env(tmp_path / "absent.db"))
     assert missing["data"]["store_exists"] is False and missing["data"]["store_error"] is None
     assert not (tmp_path / "absent.db").exists()
+
+
+@pytest.mark.parametrize("kind", ["directory", "under a file"])
+def test_doctor_lists_a_store_path_that_cannot_be_used(tmp_path: Path, kind: str) -> None:
+    if kind == "directory":
+        store, reason = tmp_path, "it is a directory, and a file path is expected"
+    else:
+        (tmp_path / "a-file").write_text("a regular file")
+        store = tmp_path / "a-file" / "lucidic" / "store.db"
+        reason = f"'{tmp_path / 'a-file'}' is a file, not a directory"
+    text = run_cli("doctor", "--store", str(store), env=cli_env(LUCIDIC_API_KEY=None))
+    assert text.returncode == 1, text.stdout
+    assert "No problems found" not in text.stdout
+    assert f"store_path='{store}'" in text.stdout  # the store examined, in the Configuration
+    assert f"store: {store}  (cannot be used, see Problems; from --store)" in text.stdout
+    problems = text.stdout.split("\nProblems (1)\n", 1)[1].splitlines()
+    assert problems == [
+        f"  - the store path {store} cannot be used: {reason}; programs recording here keep "
+        "their telemetry in memory only (lost at exit, and `lucidic-otel sessions` cannot show "
+        f"it). To fix: {problems[0].split('To fix: ', 1)[1]}"
+    ]
+    assert "writable" not in problems[0]  # it is writable; that is not what is wrong
+    assert sorted(p.name for p in tmp_path.iterdir()) == (
+        [] if kind == "directory" else ["a-file"])  # doctor created nothing
+
+
+@pytest.mark.parametrize("given", ["LUCIDIC_API_KEY", "LUCIDIC_AGENT_ID"])
+def test_doctor_lists_half_of_the_delivery_credentials(
+    recorded: Dict[str, Any], given: str
+) -> None:
+    only = {"LUCIDIC_API_KEY": None, given: API_KEY if given == "LUCIDIC_API_KEY" else "agent-1"}
+    env = cli_env(recorded["store"], OTEL_PYTHON_DISTRO="lucidic", **only)
+    report = _doctor_json(env)
+    missing = ({"LUCIDIC_API_KEY", "LUCIDIC_AGENT_ID"} - {given}).pop()
+    assert [p for p in report["problems"] if missing in p] == [
+        f"{given} is set but {missing} is not: nothing is delivered to Lucidic (delivery needs "
+        "both; data stays in the local store) unless the program passes "
+        f"{'agent_id' if missing == 'LUCIDIC_AGENT_ID' else 'api_key'} to lucidic_otel.init(); "
+        f"set {missing}"
+    ]
+    both = cli_env(recorded["store"], OTEL_PYTHON_DISTRO="lucidic", LUCIDIC_AGENT_ID="agent-1")
+    whole = run_cli("doctor", env=both)
+    assert whole.returncode == 0, whole.stdout
+    assert whole.stdout.rstrip().endswith("No problems found.")

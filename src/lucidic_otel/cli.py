@@ -26,9 +26,11 @@ from lucidic_otel.config import DEFAULT_UPLOAD_DEADLINE_S, load_settings
 from lucidic_otel.doctor import (
     StoreUnreadableError,
     check_store_usable,
+    count_sessions,
     diagnose,
     probe_store,
     quiet_logger,
+    session_ids_with_prefix,
     store_path_for,
 )
 from lucidic_otel.store import OutboxItem, SpanRecord, Store
@@ -38,6 +40,7 @@ PROG = "lucidic-otel"
 DEFAULT_LIMIT = 50
 MESSAGE_CHARS = 80
 _NAME_CHARS = 32
+_PREFIX_MATCHES_SHOWN = 5
 
 
 class CommandError(Exception):
@@ -156,6 +159,14 @@ def _reader(args: argparse.Namespace) -> _StoreReader:
 # ----------------------------------------------------------------------------- sessions
 
 
+def _status_text(session: Dict[str, Any]) -> str:
+    """The status as every view prints it: the lifecycle, and "(no spans)" when nothing was
+    recorded in the session (a scope no span ran in, an ``init()`` in a process that made
+    none), which a bare "open" would hide: it suggests spans are still on their way."""
+    status = str(session.get("status"))
+    return status if session.get("span_count") else f"{status} (no spans)"
+
+
 def _session_json(session: Dict[str, Any]) -> Dict[str, Any]:
     return {
         "session_id": session["session_id"],
@@ -169,6 +180,7 @@ def _session_json(session: Dict[str, Any]) -> Dict[str, Any]:
         "output_tokens": session.get("output_tokens", 0),
         "cost": session.get("cost", 0.0),
         "status": session.get("status"),
+        "status_text": _status_text(session),
     }
 
 
@@ -179,11 +191,11 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         _print_json([_session_json(s) for s in sessions])
         return 0
     if not sessions:
-        print(_empty_store_hint(args.store))
+        print(_empty_store_hint(args.store_option))
         return 0
     rows = [
         (
-            s["session_id"],
+            _one_line(s["session_id"]),  # text even in a damaged row
             _one_line(s.get("name") or "-", _NAME_CHARS),
             _local_time(s.get("started_ns")),
             _duration(s.get("duration_s")),
@@ -192,14 +204,26 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             str(s.get("llm_calls", 0)),
             _tokens(s.get("input_tokens"), s.get("output_tokens")),
             _cost(s.get("cost")),
-            str(s.get("status")),
+            _status_text(s),
         )
         for s in sessions
     ]
     headers = ("ID", "NAME", "START", "DURATION", "SERVICES", "SPANS", "LLM CALLS",
                "TOKENS IN/OUT", "COST USD", "STATUS")
     _table(headers, rows, right=(3, 5, 6, 7, 8))
+    _say_what_was_left_out(args, len(sessions))
     return 0
+
+
+def _say_what_was_left_out(args: argparse.Namespace, shown: int) -> None:
+    """A table cut by ``--limit`` looks like the whole store: say how much it left out (on
+    stderr, so the table itself stays the same for a script that reads it)."""
+    if shown < args.limit:
+        return
+    total = count_sessions(args.store)
+    if total is not None and total > shown:
+        print(f"showing the newest {shown} of {total} sessions; use --limit {total} to see all",
+              file=sys.stderr)
 
 
 def _empty_store_hint(store: Optional[str]) -> str:
@@ -208,7 +232,9 @@ def _empty_store_hint(store: Optional[str]) -> str:
     path = report["data"]["store_path"]
     pipeline = report["pipeline"]
     lines = [f"No sessions recorded in {path} yet."]
-    if not pipeline["attached"]:
+    if report["data"]["store_problem"]:
+        lines.append(f"Nothing can be recorded there: {report['data']['store_problem']}.")
+    elif not pipeline["attached"]:
         lines.append(
             f"A launched program here would not record any: {pipeline['rule']}. Put lucidic in "
             "OTEL_TRACES_EXPORTER (e.g. OTEL_TRACES_EXPORTER=otlp,lucidic)."
@@ -232,6 +258,24 @@ def _empty_store_hint(store: Optional[str]) -> str:
 
 
 # --------------------------------------------------------------------------------- show
+
+
+def _full_session_id(path: Path, given: str) -> str:
+    """The id ``given`` stands for: itself if a session has exactly that id, else the one id
+    that starts with it (ids are 36-character UUIDs; a few characters are what people type).
+    An id nothing starts with is returned as it is, for the caller's "no session" answer."""
+    # Sorted, so an exact match (the shortest id with this prefix) comes first.
+    matches = session_ids_with_prefix(path, given, _PREFIX_MATCHES_SHOWN + 1)
+    if not matches or matches[0] == given:
+        return given
+    if len(matches) == 1:
+        return matches[0]
+    shown = ", ".join(matches[:_PREFIX_MATCHES_SHOWN])
+    more = ", ..." if len(matches) > _PREFIX_MATCHES_SHOWN else ""
+    raise CommandError(
+        f"'{_one_line(given, 200)}' is the start of more than one session id ({shown}{more}); "
+        "give more of the id"
+    )
 
 
 def _find_session(store: Store, session_id: str) -> Optional[Dict[str, Any]]:
@@ -421,7 +465,7 @@ def _print_tree(spans: List[SpanRecord], events: Dict[str, Dict[str, Any]]) -> N
 def _session_header(session: Dict[str, Any]) -> List[str]:
     name = f'  "{_one_line(session["name"], 60)}"' if session.get("name") else ""
     return [
-        f"session {session['session_id']}{name}  {session.get('status')}",
+        f"session {session['session_id']}{name}  {_status_text(session)}",
         f"  started {_local_time(session.get('started_ns'))}  duration "
         f"{_duration(session.get('duration_s'))}  services "
         f"{', '.join(session.get('services') or []) or '-'}",
@@ -434,10 +478,11 @@ def _session_header(session: Dict[str, Any]) -> List[str]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """Print one session's spans as a tree across its services and processes."""
-    session_id: str = args.session_id
+    """Print one session's spans as a tree across its services and processes; the session is
+    named by its id or by a prefix of it that no other session id starts with."""
 
     def read(store: Store) -> Tuple[Optional[Dict[str, Any]], List[SpanRecord], List[OutboxItem]]:
+        session_id = _full_session_id(args.store, args.session_id)
         session = _find_session(store, session_id)
         if session is None:
             return None, [], []
@@ -445,10 +490,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     session, spans, events = _reader(args).read(read, (None, [], []))
     if session is None:
-        raise CommandError(f"no session '{_one_line(session_id, 200)}' in {args.store}")
+        raise CommandError(f"no session '{_one_line(args.session_id, 200)}' in {args.store}")
     if args.json:
         _print_json({
-            "session": {**session, "started_at": _iso_utc(session.get("started_ns"))},
+            "session": {**session, "started_at": _iso_utc(session.get("started_ns")),
+                        "status_text": _status_text(session)},
             "spans": [asdict(span) for span in spans],
             "events": [asdict(item) for item in events],
         })
@@ -544,11 +590,12 @@ def _print_doctor(report: Dict[str, Any]) -> None:
     data = report["data"]
     print("\nData")
     if data["store_error"]:
-        print(f"  store: {data['store_path']}  (unreadable)")
+        state = "cannot be used, see Problems"
     elif not data["store_exists"]:
-        print(f"  store: {data['store_path']}  (not created yet)")
+        state = "not created yet"
     else:
-        print(f"  store: {data['store_path']}  ({_size(data['store_bytes'])})")
+        state = _size(data["store_bytes"])
+    print(f"  store: {data['store_path']}  ({state}; from {data['store_source']})")
     if data["outbox"] is not None:
         counts = data["outbox"]
         print(f"  outbox: {counts['pending']} pending, {counts['delivered']} delivered, "
@@ -595,14 +642,14 @@ def _size(nbytes: Optional[int]) -> str:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    """Report the effective set-up and any problem; exit 0 whatever it finds (it is a report,
-    and the problems are listed in it)."""
-    report = diagnose(args.store)
+    """Report the effective set-up; exit 1 when it lists problems, 0 otherwise, so a CI step
+    or a deployment check can run ``lucidic-otel doctor`` and fail on what it finds."""
+    report = diagnose(args.store_option)
     if args.json:
         _print_json(report)
     else:
         _print_doctor(report)
-    return 0
+    return 1 if report["problems"] else 0
 
 
 # -------------------------------------------------------------------- demo and upload
@@ -648,20 +695,40 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser, for which an argument it does not know is its own usage error.
+
+    argparse hands a command's unknown arguments back to the top-level parser, whose error
+    shows the top-level usage (``lucidic-otel [-h] ... COMMAND``) instead of the options of
+    the command that was mistyped.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
+def _store_option(help_text: str) -> argparse.ArgumentParser:
+    option = argparse.ArgumentParser(add_help=False)
+    option.add_argument("--store", metavar="PATH", default=argparse.SUPPRESS, help=help_text)
+    return option
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; ``--store`` is accepted before or after the command name."""
-    store_option = argparse.ArgumentParser(add_help=False)
-    store_option.add_argument(
-        "--store", metavar="PATH", default=argparse.SUPPRESS,
-        help="the local store to read (default: $LUCIDIC_STORE_PATH or the XDG data directory)",
-    )
+    default = "default: $LUCIDIC_STORE_PATH or the XDG data directory"
+    store_option = _store_option(f"the local store to read ({default})")
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Look at the Lucidic sessions recorded on this machine, and check the set-up.",
-        parents=[store_option],
+        parents=[_store_option(f"the local store ({default}; demo: a temporary one)")],
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_CommandParser
+    )
 
     sessions = commands.add_parser(
         "sessions", parents=[store_option], help="list recorded sessions, newest first"
@@ -685,7 +752,11 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(handler=cmd_doctor)
 
     demo = commands.add_parser(
-        "demo", parents=[store_option], help="run the two-service demo offline"
+        "demo", help="run the two-service demo offline",
+        parents=[_store_option(
+            "record the demo into PATH, and keep it there (default: a temporary store, "
+            "deleted afterwards unless --keep)"
+        )],
     )
     demo.add_argument("--keep", action="store_true", help="keep the temporary store")
     demo.set_defaults(handler=_delegate("lucidic_otel.demo.run", "main", "demo"))
@@ -726,6 +797,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         store = getattr(args, "store", None)
+        args.store_option = store  # what --store said: doctor reports where the path came from
         if store is not None or args.command != "demo":  # the demo uses a temporary store
             args.store = store_path_for(load_settings(), store)
         return args.handler(args)

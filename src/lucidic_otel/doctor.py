@@ -13,13 +13,15 @@ The launcher is mirrored, not run: entry points are read in the launcher's own d
 ``opentelemetry-instrumentation`` 0.66b1 (``auto_instrumentation/_load.py``). Nothing here
 configures the SDK, instruments anything or changes what the store holds.
 
-It also holds the read-only check of the store file (:func:`probe_store`), because the CLI's
-other commands need the same answer: is there a readable store at this path?
+It also holds the read-only look at the store file the CLI's other commands share: is there a
+readable store at this path (:func:`probe_store`), and which session ids start with a given
+prefix (:func:`session_ids_with_prefix`), answered without ever creating or changing it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -37,13 +39,25 @@ from lucidic_otel.launch import (  # noqa: E402 - one definition of the launcher
     EXPORTER_VARIABLE,
     LUCIDIC,
 )
-from lucidic_otel.store import SCHEMA_VERSION, Store, default_store_path
+from lucidic_otel.store import (
+    PATH_VARIABLE,
+    SCHEMA_VERSION,
+    Store,
+    default_store_path,
+    store_path_problem,
+)
 from lucidic_otel.version import __version__
 
 PROPAGATORS_VARIABLE = "OTEL_PROPAGATORS"
 DISABLED_VARIABLE = "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
 DEFAULT_PROPAGATORS = "tracecontext,baggage"
 FAILED_ITEMS_SHOWN = 10
+_SQLITE_HEADER = b"SQLite format 3\x00"
+# What a program whose store cannot be used does instead (see lucidic_otel.store).
+_IN_MEMORY = (
+    "programs recording here keep their telemetry in memory only (lost at exit, and "
+    "`lucidic-otel sessions` cannot show it)"
+)
 
 # The defaults opentelemetry-distro's OpenTelemetryDistro sets (setdefault). It cannot be run on
 # a copy of the environment, as ours can, because it writes os.environ directly.
@@ -64,7 +78,15 @@ _OTLP_DEFAULT_ENDPOINTS = {
 
 
 class StoreUnreadableError(Exception):
-    """The store path holds something that is not a readable lucidic-otel store."""
+    """The store path holds something that is not a readable lucidic-otel store.
+
+    ``kind`` says what, for advice: ``not-sqlite`` and ``damaged`` files make recording
+    programs fall back to memory too; other kinds (``unreadable``) only stop the reader.
+    """
+
+    def __init__(self, message: str, kind: str = "unreadable") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 # ---------------------------------------------------------------------------- the store
@@ -97,20 +119,14 @@ def probe_store(path: Path) -> bool:
             return False
     except OSError as exc:
         raise StoreUnreadableError(f"cannot read the store {path}: {exc.strerror or exc}") from exc
-    uri = "file:" + quote(str(path.resolve())) + "?mode=ro"
     try:
-        conn = sqlite3.connect(uri, uri=True, timeout=2.0)
-        try:
+        with _read_only(path) as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = {row[0] for row in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'"
             )}
-        finally:
-            conn.close()
     except sqlite3.Error as exc:
-        raise StoreUnreadableError(
-            f"cannot read the store {path}: {exc} (is it a lucidic-otel store?)"
-        ) from exc
+        raise _unreadable(path, exc) from exc
     if version > SCHEMA_VERSION:
         raise StoreUnreadableError(
             f"cannot read the store {path}: it was written by a newer lucidic-otel (schema "
@@ -123,6 +139,61 @@ def probe_store(path: Path) -> bool:
             f"cannot read the store {path}: it is an SQLite database but not a lucidic-otel store"
         )
     return True
+
+
+@contextlib.contextmanager
+def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection that can neither create ``path`` nor change it."""
+    uri = "file:" + quote(str(path.resolve())) + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=2.0)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _unreadable(path: Path, exc: sqlite3.Error) -> StoreUnreadableError:
+    """A file that is not SQLite at all and a damaged SQLite file need different care (the
+    second may be a store worth recovering), so the reason says which it is."""
+    try:
+        with path.open("rb") as file:
+            is_sqlite = file.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER
+    except OSError as error:
+        return StoreUnreadableError(f"cannot read the store {path}: {error.strerror or error}")
+    if not is_sqlite:
+        return StoreUnreadableError(
+            f"cannot read the store {path}: it is not an SQLite database ({exc})", "not-sqlite"
+        )
+    return StoreUnreadableError(
+        f"cannot read the store {path}: it is a damaged SQLite database ({exc})", "damaged"
+    )
+
+
+def session_ids_with_prefix(path: Path, prefix: str, limit: int) -> List[str]:
+    """Up to ``limit`` session ids of the store at ``path`` that start with ``prefix``, sorted.
+
+    Read-only, like :func:`probe_store` (call that first). Raises
+    :class:`StoreUnreadableError` when the file cannot be read.
+    """
+    try:
+        with _read_only(path) as conn:
+            rows = conn.execute(
+                "SELECT session_id FROM sessions WHERE substr(session_id, 1, length(?1)) = ?1"
+                " ORDER BY session_id LIMIT ?2",
+                (prefix, limit),
+            ).fetchall()
+    except sqlite3.Error as exc:
+        raise _unreadable(path, exc) from exc
+    return [str(row[0]) for row in rows]
+
+
+def count_sessions(path: Path) -> Optional[int]:
+    """How many sessions the store at ``path`` holds, or None if it cannot be read."""
+    try:
+        with _read_only(path) as conn:
+            return int(conn.execute("SELECT count(*) FROM sessions").fetchone()[0])
+    except (sqlite3.Error, OSError):
+        return None
 
 
 class _Collect(logging.Handler):
@@ -175,31 +246,37 @@ def _store_size(path: Path) -> int:
     return total
 
 
-def _data(settings: Settings, path: Path) -> Dict[str, Any]:
-    data: Dict[str, Any] = {
-        "store_path": str(path),
-        "store_exists": False,
-        "store_bytes": None,
-        "store_error": None,
-        "outbox": None,
-        "failed_items": [],
-        "recorded_setups": [],
-        "backend_url": settings.base_url,
-        "delivery_enabled": settings.delivery_enabled,
-        "delivery": settings.delivery,
-        "api_key_set": bool(settings.api_key),
-        "agent_id": settings.agent_id,
-    }
+def _check_integrity(path: Path) -> None:
+    """Raise :class:`StoreUnreadableError` for a store with damaged pages.
+
+    Opening a damaged file often works and the damage only shows in the rows a query reaches,
+    so ``doctor`` (run to find problems) reads every page once; the other commands do not.
+    """
     try:
-        has_tables = probe_store(path)
-    except StoreUnreadableError as exc:
-        data["store_error"] = str(exc)
-        return data
-    data["store_exists"] = path.exists()
-    data["store_bytes"] = _store_size(path) if data["store_exists"] else None
-    if not has_tables:
-        data["outbox"] = {"pending": 0, "delivered": 0, "failed": 0}
-        return data
+        with _read_only(path) as conn:
+            verdict = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise _unreadable(path, exc) from exc
+    if verdict != "ok":
+        raise StoreUnreadableError(
+            f"cannot read the store {path}: it is a damaged SQLite database "
+            f"({' '.join(str(verdict).split())})",
+            "damaged",
+        )
+
+
+def _unreadable_problem(exc: StoreUnreadableError, path: Path) -> str:
+    """The problem line for an unreadable store: what recording programs do, and the fix."""
+    if exc.kind not in ("not-sqlite", "damaged"):
+        return str(exc)
+    return (
+        f"{exc}; {_IN_MEMORY}. To fix: move it aside (mv '{path}' '{path}.bad') or point "
+        f"{PATH_VARIABLE} at another file"
+    )
+
+
+def _read_store(data: Dict[str, Any], settings: Settings, path: Path) -> None:
+    """Fill in what the readable store at ``path`` holds."""
     with quiet_logger("lucidic_otel.store") as messages:
         store = Store(path, max_bytes=settings.store_max_bytes)
         try:
@@ -207,9 +284,6 @@ def _data(settings: Settings, path: Path) -> Dict[str, Any]:
             failed = store.failed_items(limit=FAILED_ITEMS_SHOWN)
             setups = store.recent_setups()
             check_store_usable(store, messages)
-        except StoreUnreadableError as exc:
-            data["store_error"] = str(exc)
-            return data
         finally:
             store.close()
     data["outbox"] = counts
@@ -224,6 +298,44 @@ def _data(settings: Settings, path: Path) -> Dict[str, Any]:
         }
         for item in failed
     ]
+
+
+def _data(settings: Settings, path: Path, source: str) -> Dict[str, Any]:
+    """The store and delivery facts; ``store_problem`` is the problem line, if any."""
+    data: Dict[str, Any] = {
+        "store_path": str(path),
+        "store_source": source,
+        "store_exists": False,
+        "store_bytes": None,
+        "store_error": None,
+        "store_problem": None,
+        "outbox": None,
+        "failed_items": [],
+        "recorded_setups": [],
+        "backend_url": settings.base_url,
+        "delivery_enabled": settings.delivery_enabled,
+        "delivery": settings.delivery,
+        "api_key_set": bool(settings.api_key),
+        "agent_id": settings.agent_id,
+    }
+    unusable = store_path_problem(path)
+    if unusable is not None:
+        data["store_error"] = f"the store path {path} cannot be used: {unusable.reason}"
+        data["store_problem"] = f"{data['store_error']}; {_IN_MEMORY}. To fix: {unusable.remedy}"
+        return data
+    try:
+        has_tables = probe_store(path)
+        if has_tables:
+            _check_integrity(path)
+            _read_store(data, settings, path)
+    except StoreUnreadableError as exc:
+        data["store_error"] = str(exc)
+        data["store_problem"] = _unreadable_problem(exc, path)
+        return data
+    data["store_exists"] = path.exists()
+    data["store_bytes"] = _store_size(path) if data["store_exists"] else None
+    if not has_tables:
+        data["outbox"] = {"pending": 0, "delivered": 0, "failed": 0}
     return data
 
 
@@ -586,6 +698,28 @@ def _settings_view(settings: Settings) -> Dict[str, Any]:
     }
 
 
+def _delivery_credentials(settings: Settings, problems: List[str], notes: List[str]) -> None:
+    """Delivery needs both the key and the agent id. Neither set is the local-only mode; one
+    of them alone is a half-done set-up that silently delivers nothing, so it is a problem."""
+    if settings.delivery_enabled:
+        return
+    given = [name for name, value in (("LUCIDIC_API_KEY", settings.api_key),
+                                      ("LUCIDIC_AGENT_ID", settings.agent_id)) if value]
+    if not given:
+        notes.append(
+            "delivery to Lucidic is off (LUCIDIC_API_KEY and LUCIDIC_AGENT_ID unset): data "
+            "stays in the local store; `lucidic-otel sessions` shows it"
+        )
+        return
+    missing = "LUCIDIC_AGENT_ID" if given == ["LUCIDIC_API_KEY"] else "LUCIDIC_API_KEY"
+    argument = "agent_id" if missing == "LUCIDIC_AGENT_ID" else "api_key"
+    problems.append(
+        f"{given[0]} is set but {missing} is not: nothing is delivered to Lucidic (delivery "
+        f"needs both; data stays in the local store) unless the program passes {argument} to "
+        f"lucidic_otel.init(); set {missing}"
+    )
+
+
 def diagnose(store: Optional[os.PathLike[str] | str] = None) -> Dict[str, Any]:
     """Everything ``doctor`` reports, for this process's environment, as plain JSON data.
 
@@ -608,36 +742,29 @@ def diagnose(store: Optional[os.PathLike[str] | str] = None) -> Dict[str, Any]:
         propagators = _propagators(os.environ, problems)
         instrumentors = _instrumentors(os.environ, problems)
         path = store_path_for(settings, store)
-        data = _data(settings, path)
+        source = "--store" if store is not None else (
+            PATH_VARIABLE if settings.store_path is not None else "default")
+        data = _data(settings, path, source)
         pipeline = _live_pipeline() or _pipeline(launcher, env)
     if configurator is not None and not pipeline["attached"]:
         problems.append(
             f"the lucidic pipeline is not attached ({pipeline['rule']}): spans do not reach the "
             f"local store or Lucidic; use {EXPORTER_VARIABLE}=lucidic (or lucidic,otlp)"
         )
-    if data["store_error"]:
-        problems.append(data["store_error"])
+    if data["store_problem"]:
+        problems.append(data["store_problem"])
     if data["failed_items"]:
         problems.append(
             f"{data['outbox']['failed']} outbox items failed for good and will not be delivered "
             "(see failed_items)"
         )
-    if not settings.delivery_enabled:
-        missing = [
-            name
-            for name, value in (("LUCIDIC_API_KEY", settings.api_key),
-                                ("LUCIDIC_AGENT_ID", settings.agent_id))
-            if not value
-        ]
-        notes.append(
-            f"delivery to Lucidic is off ({' and '.join(missing)} unset): data stays in the "
-            "local store; `lucidic-otel sessions` shows it"
-        )
+    _delivery_credentials(settings, problems, notes)
     return {
         "version": __version__,
         "python": sys.version.split()[0],
         "executable": sys.executable,
-        "settings": _settings_view(settings),
+        # The store examined, which --store may have chosen, not only LUCIDIC_STORE_PATH.
+        "settings": _settings_view(dataclasses.replace(settings, store_path=path)),
         "launcher": launcher,
         "effective_env": {
             name: env.get(name)

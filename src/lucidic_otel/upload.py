@@ -2,9 +2,10 @@
 
 For records a process could not deliver before it exited (the backend was down, the key was
 wrong, the exit deadline was short): the same sender as in-process delivery, run in the
-foreground with a deadline, a progress line on stderr and a summary of what was sent and what
-failed and why. Retry schedules left by earlier processes are ignored (the user asked to send
-now); leases held by live processes are respected.
+foreground with a deadline. The result (what was sent, what failed and why) goes to stdout;
+progress goes to stderr, and only once there is some to show: a "delivered 0/N" line before
+the result would read as if nothing had been sent. Retry schedules left by earlier processes
+are ignored (the user asked to send now); leases held by live processes are respected.
 
 Exit status: 0 when nothing is left pending and nothing was rejected in this run, 1 otherwise,
 2 when delivery is not configured (``LUCIDIC_API_KEY`` and ``LUCIDIC_AGENT_ID`` are needed).
@@ -45,6 +46,7 @@ def run(args: Any) -> int:
     JSON summary on stdout instead of text); missing attributes take their defaults.
     """
     err: TextIO = sys.stderr
+    out: TextIO = sys.stdout
     settings = load_settings()
     if not settings.delivery_enabled:
         print(
@@ -66,7 +68,7 @@ def run(args: Any) -> int:
     if not path.exists():
         summary = _summary(path, 0, DeliveryStats(), 0)
         summary["note"] = "no local store at this path: nothing to upload"
-        _report(summary, as_json, err)
+        _report(summary, as_json, out)
         return 0
 
     store = Store(path, max_bytes=settings.store_max_bytes)
@@ -85,7 +87,7 @@ def run(args: Any) -> int:
         after = store.outbox_counts()
         summary = _summary(path, total, stats, after[STATE_PENDING])
         summary["seconds"] = round(time.monotonic() - started, 2)
-        _report(summary, as_json, err)
+        _report(summary, as_json, out)
         ok = after[STATE_PENDING] == 0 and stats.failed == 0 and stats.halted is None
         return 0 if ok else 1
     finally:
@@ -93,17 +95,21 @@ def run(args: Any) -> int:
 
 
 class _Progress:
-    """One updating line on a terminal (``\\r``); on a pipe, a line every few seconds."""
+    """One updating line on a terminal (``\\r``); on a pipe (a log), a line every few
+    seconds, the first after a few seconds, so a quick upload logs only its result. Nothing
+    before the first record is settled: "delivered 0/N" says nothing about the outcome."""
 
     def __init__(self, out: TextIO, total: int) -> None:
         self._out = out
         self._total = total
         self._tty = bool(getattr(out, "isatty", lambda: False)())
         self._last_line = ""
-        self._last_print = 0.0
+        self._last_print = time.monotonic()
 
     def show(self, stats: DeliveryStats) -> None:
         done = stats.delivered_total
+        if done == 0 and stats.failed == 0:
+            return
         total = max(self._total, done + stats.failed)
         line = f"delivered {done}/{total}, failed {stats.failed}"
         if stats.retried:
@@ -142,14 +148,14 @@ def _summary(path: Path, total: int, stats: DeliveryStats, remaining: int) -> Di
     }
 
 
-def _report(summary: Dict[str, Any], as_json: bool, err: TextIO) -> None:
+def _report(summary: Dict[str, Any], as_json: bool, out: TextIO) -> None:
     if as_json:
-        print(json.dumps(summary, indent=2, sort_keys=True))
+        print(json.dumps(summary, indent=2, sort_keys=True), file=out)
         return
     lines = [f"store: {summary['store']}"]
     if summary.get("note"):
         lines.append(summary["note"])
-        print("\n".join(lines), file=err)
+        print("\n".join(lines), file=out)
         return
     kinds = ", ".join(f"{count} {name}" for name, count in summary["delivered_by_kind"].items())
     lines.append(
@@ -175,7 +181,7 @@ def _report(summary: Dict[str, Any], as_json: bool, err: TextIO) -> None:
         lines.append(f"still pending: {summary['remaining']} ({why}); run it again later")
     elif not summary["failed"]:
         lines.append("everything pending was delivered")
-    print("\n".join(lines), file=err)
+    print("\n".join(lines), file=out)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
