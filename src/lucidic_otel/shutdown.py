@@ -197,6 +197,9 @@ _fork_masks = threading.local()
 _SIGTERM_ONLY = {signal.SIGTERM} if hasattr(signal, "pthread_sigmask") else set()
 _MP_FORK_MODULES = ("multiprocessing.popen_fork", "multiprocessing.forkserver")
 _taker_started = False  # SIGTERM is taken by _sigterm_taker in this process
+_masked = False  # SIGTERM is blocked by us in threads of this process (taker or not)
+_taker: Optional[threading.Thread] = None
+_original_signal: Optional[Callable[..., Any]] = None
 
 
 def _hold_sigterm_before_fork() -> None:
@@ -275,15 +278,63 @@ def _take_sigterm_on_a_thread() -> None:
     ``with Pool() as pool`` idiom). Taking the signal on a thread of our own does not depend
     on where the main thread is, or on which lock it holds.
     """
-    global _taker_started
-    _taker_started = True
+    global _taker_started, _masked, _taker
+    _taker_started = _masked = True
     _patch_subprocess()
+    _give_sigterm_back_to_a_handler_of_its_own()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the disposition the thread ends with
-    threading.Thread(target=_sigterm_taker, name="lucidic-sigterm", daemon=True).start()
+    _taker = threading.Thread(target=_sigterm_taker, name="lucidic-sigterm", daemon=True)
+    _taker.start()
+
+
+def _give_sigterm_back_to_a_handler_of_its_own() -> None:
+    """A worker that sets its own SIGTERM handler (uvicorn's and gunicorn's workers shut down
+    gracefully on it, asyncio's ``add_signal_handler`` goes through ``signal.signal`` too) gets
+    SIGTERM back: the main thread, where Python handlers run, unblocks it and our thread
+    retires. The application's handler then decides, and the exit flushes through ``atexit``
+    as in any process. Only ``signal.signal`` on the main thread can install a handler, and
+    that is where this runs."""
+    global _original_signal
+    if _original_signal is not None:
+        return
+    original = _original_signal = signal.signal
+
+    @functools.wraps(original)
+    def setting(signalnum: Any, handler: Any) -> Any:
+        if not (
+            signalnum == signal.SIGTERM
+            and handler is not signal.SIG_DFL
+            and _taker_started
+            and threading.current_thread() is threading.main_thread()
+        ):
+            return original(signalnum, handler)
+        # The handler the application replaces (and may restore and re-raise into, as
+        # uvicorn does after its graceful shutdown) is our flushing one, as in any process.
+        if get_settings().flush_on_sigterm:
+            original(signal.SIGTERM, _on_sigterm)
+        previous = original(signalnum, handler)
+        _retire_taker()
+        return previous
+
+    signal.signal = setting  # type: ignore[assignment]
+
+
+def _retire_taker() -> None:
+    global _taker_started
+    _taker_started = False
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGTERM_ONLY)  # this (main) thread only
+    taker = _taker
+    if taker is not None and taker.ident is not None and taker.is_alive():
+        try:
+            signal.pthread_kill(taker.ident, signal.SIGTERM)  # ends its sigwait, and it
+        except (OSError, ValueError):
+            pass
 
 
 def _sigterm_taker() -> None:
     signum = signal.sigwait(_SIGTERM_ONLY)
+    if not _taker_started:
+        return  # retired: the application's own handler has SIGTERM now
     if get_settings().flush_on_sigterm:
         _bounded(_finish_and_shut_down, get_settings().exit_deadline_s + 5.0)
     if signal.getsignal(signum) is not signal.SIG_DFL:  # the worker's own handler: its call
@@ -301,21 +352,24 @@ def _after_fork_in_child() -> None:
     the fork is delivered at the end, once the child is in a state to handle it. A child of a
     process whose SIGTERM is taken by our thread inherits the blocked mask but not the thread:
     a multiprocessing worker starts its own, any other child gets SIGTERM back."""
-    global _sigterm, _ready_pid, _taker_started
+    global _sigterm, _ready_pid, _taker_started, _masked
     _sigterm = _SigtermState()
-    parent_took = _taker_started
-    _taker_started = False  # a parent's taker thread does not survive the fork
+    parent_masked = _masked
+    _taker_started = _masked = False  # a parent's taker thread does not survive the fork
     try:
         REGISTRY.after_fork()
         _flush_before_os_exit()
     finally:
         _ready_pid = os.getpid()  # registered after the SDK's hooks, so it runs after them
         held = getattr(_fork_masks, "held", False)
-        ours = parent_took or (held and signal.getsignal(signal.SIGTERM) is _on_sigterm)
+        disposition = signal.getsignal(signal.SIGTERM)
+        ours = (parent_masked and disposition is signal.SIG_DFL) or (
+            held and disposition is _on_sigterm
+        )
         if ours and _forked_by_multiprocessing():
             _fork_masks.held = False  # stays blocked here, and in every thread started from here
             _take_sigterm_on_a_thread()
-        elif parent_took:
+        elif parent_masked:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGTERM_ONLY)
         else:
             _release_sigterm()
@@ -333,7 +387,7 @@ def _unblocked_for_exec(execute_child: Callable[..., Any]) -> Callable[..., Any]
 
     @functools.wraps(execute_child)
     def start(*args: Any, **kwargs: Any) -> Any:
-        if not _taker_started or signal.SIGTERM not in signal.pthread_sigmask(
+        if not _masked or signal.SIGTERM not in signal.pthread_sigmask(
             signal.SIG_BLOCK, set()
         ):
             return execute_child(*args, **kwargs)
