@@ -41,9 +41,10 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from lucidic_otel.config import load_settings, reset_settings
 from lucidic_otel.context import BAGGAGE_KEY, SESSION_ATTRIBUTE, context_with_session
+from lucidic_otel.egress import OutboundPolicy, SessionBaggagePolicy
 from lucidic_otel.ids import sign_session_id
 from lucidic_otel.processor import PROCESS_SESSION, LucidicSpanProcessor
-from lucidic_otel.propagation import WithoutSessionBaggage, withhold_session_baggage
+from lucidic_otel.propagation import install_outbound_policy
 from lucidic_otel.store import Store
 from tests.support.launcher import (
     clean_env,
@@ -132,7 +133,7 @@ def test_signed_mode_without_a_secret_stamps_nothing_inbound() -> None:
 
 def test_withheld_session_never_goes_out_but_other_baggage_does() -> None:
     inner = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
-    outer = WithoutSessionBaggage(inner)
+    outer = SessionBaggagePolicy(inner, OutboundPolicy(load_settings({"LUCIDIC_PROPAGATE": "0"})))
     joined = inner.extract({"baggage": f"{BAGGAGE_KEY}=joined-1,team=blue"})
     carrier: Dict[str, str] = {}
     outer.inject(carrier, context=joined)
@@ -146,13 +147,13 @@ def test_withheld_session_never_goes_out_but_other_baggage_does() -> None:
     assert baggage.get_baggage(BAGGAGE_KEY, outer.extract({"baggage": f"{BAGGAGE_KEY}=x"})) == "x"
 
 
-def test_withhold_session_baggage_wraps_the_global_propagator_once() -> None:
+def test_the_outbound_policy_wraps_the_global_propagator_once() -> None:
     original = propagate.get_global_textmap()
     try:
-        assert withhold_session_baggage() is True
-        assert withhold_session_baggage() is False
+        assert install_outbound_policy() is True
+        assert install_outbound_policy() is False
         wrapped = propagate.get_global_textmap()
-        assert isinstance(wrapped, WithoutSessionBaggage) and wrapped.inner is original
+        assert isinstance(wrapped, SessionBaggagePolicy) and wrapped.inner is original
     finally:
         propagate.set_global_textmap(original)
 
@@ -203,8 +204,9 @@ def test_two_services_signed_mode_attacker_and_no_secret_anywhere(tmp_path: Path
         for form in forms:
             for where, data in haystacks.items():
                 assert form.encode() not in data, f"the {what} appears in {where}"
-    # The signed value of the session is what travels, never anything secret-derived beyond it.
-    assert any(f"{TRUST_SESSION}~" in b for b in run.llm_baggage), run.llm_baggage
+    # The signed session went from the gateway to the agent (verified and stamped there, above)
+    # but not on to the LLM provider: the outbound policy keeps it inside.
+    assert not any(TRUST_SESSION in b for b in run.llm_baggage), run.llm_baggage
 
 
 PROPAGATE_AGENT = """
@@ -229,9 +231,18 @@ PROPAGATE_AGENT = """
 """
 
 
-@pytest.mark.parametrize("propagate_session", ["true", "false"])
-def test_a_joined_session_is_not_forwarded_when_propagation_is_off(
-    tmp_path: Path, propagate_session: str
+@pytest.mark.parametrize(
+    ("policy", "forwarded"),
+    [
+        ({}, False),  # the default: never inside an LLM call, whatever its base URL
+        ({"LUCIDIC_PROPAGATE": "false"}, False),
+        ({"LUCIDIC_PROPAGATE_TO": "127.0.0.1"}, True),  # the user allowed that host
+        ({"LUCIDIC_PROPAGATE_TO": "127.0.0.1", "LUCIDIC_PROPAGATE_DENY": "127.*"}, False),
+    ],
+    ids=["default", "propagate-false", "allowed-host", "denied-beats-allowed"],
+)
+def test_a_joined_session_goes_to_the_llm_provider_only_when_allowed(
+    tmp_path: Path, policy: Dict[str, str], forwarded: bool
 ) -> None:
     pytest.importorskip("openai")
     from lucidic_otel.demo.fake_openai import FakeOpenAIServer
@@ -242,8 +253,8 @@ def test_a_joined_session_is_not_forwarded_when_propagation_is_off(
             [write_script(tmp_path, "agent.py", PROPAGATE_AGENT)],
             clean_env(
                 LUCIDIC_STORE_PATH=str(store_path),
-                LUCIDIC_PROPAGATE=propagate_session,
                 FAKE_OPENAI_URL=llm.base_url,
+                **policy,
             ),
         )
         try:
@@ -259,10 +270,10 @@ def test_a_joined_session_is_not_forwarded_when_propagation_is_off(
             ]
         finally:
             stop(agent, signal.SIGTERM, timeout=30)
-    if propagate_session == "true":
-        assert BAGGAGE_KEY in sent, sent
+    if forwarded:
+        assert BAGGAGE_KEY in sent and "team=blue" in sent, sent
     else:
-        assert sent == "team=blue"
+        assert sent == "team=blue"  # only our entry is withheld
     with Store(store_path) as store:  # the service still joined the session itself
         spans = store.session_spans("joined-1")
         assert len(spans) >= 3 and {s.kind for s in spans} >= {"SERVER", "CLIENT"}

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from lucidic_otel import launch
 from lucidic_otel.config import get_settings
 from lucidic_otel.processor import PROCESS_SESSION, LucidicSpanProcessor
-from lucidic_otel.propagation import env_has_carrier, extract_env, withhold_session_baggage
+from lucidic_otel.propagation import env_has_carrier, extract_env, install_outbound_policy
 from lucidic_otel.shutdown import install_exit_handlers
 
 logger = logging.getLogger("lucidic_otel")
@@ -249,8 +249,7 @@ def after_sdk_ready() -> bool:
             _report.update(_attach(provider))
             _ready = True
             _warn_if_baggage_off()
-            if not get_settings().propagate:
-                withhold_session_baggage()
+            install_outbound_policy()  # session baggage to own services only
             install_exit_handlers()
             _join_environment()
         except Exception:

@@ -557,6 +557,7 @@ def _print_doctor(report: Dict[str, Any]) -> None:
     print(f"  OTEL_PROPAGATORS={propagators['value'] or '(unset: tracecontext,baggage)'}  ->  "
           f"{', '.join(propagators['names']) or 'none'};  baggage: "
           f"{'on' if propagators['baggage'] else 'OFF'}")
+    print("  outbound session baggage: " + _outbound_line(propagators["outbound"]))
 
     exporters = report["exporters"]
     print("\nTrace exporters")
@@ -619,6 +620,24 @@ def _print_doctor(report: Dict[str, Any]) -> None:
             print(f"  - {problem}")
     else:
         print("\nNo problems found.")
+
+
+def _outbound_line(policy: Dict[str, Any]) -> str:
+    """The outbound session-baggage policy in one line (rules: lucidic_otel.egress)."""
+    if policy["session_baggage"] == "off":
+        return "never sent (LUCIDIC_PROPAGATE=false), not even to child processes"
+    parts = []
+    if policy["allow"] is not None:
+        parts.append("only to " + (", ".join(policy["allow"]) or "no host")
+                     + " (LUCIDIC_PROPAGATE_TO)")
+    else:
+        backend = policy.get("withheld_backend")
+        parts.append("to every host except inside LLM calls, "
+                     f"{len(policy['withheld_provider_hosts'])} known LLM provider/Lucidic hosts"
+                     + (f" and the backend {backend}" if backend else ""))
+    if policy["deny"]:
+        parts.append("never to " + ", ".join(policy["deny"]) + " (LUCIDIC_PROPAGATE_DENY)")
+    return "; ".join(parts) + "; child processes: " + policy["child_processes"]
 
 
 def _setup_line(setup: Dict[str, Any]) -> str:

@@ -52,6 +52,9 @@ class Settings:
     baggage_trust: str = "accept"
     baggage_secret: Optional[bytes] = field(default=None, repr=False)
     propagate: bool = True
+    #: Host patterns that get session baggage (None: no allow-list), and ones that never do.
+    propagate_to: Optional[Tuple[str, ...]] = None
+    propagate_deny: Tuple[str, ...] = ()
     flush_on_sigterm: bool = True
     flush_on_fork_exit: bool = True
     capture_content: bool = True
@@ -78,6 +81,17 @@ class Settings:
             f"flush_on_sigterm={self.flush_on_sigterm}, capture_content={self.capture_content}, "
             f"store_path={self.store_path and str(self.store_path)!r}, base_url={self.base_url!r})"
         )
+
+
+def host_pattern_error(pattern: str) -> Optional[str]:
+    """Why ``pattern`` is not a host pattern (``api.example.com``, ``*.internal``), or None."""
+    if any(ch.isspace() for ch in pattern):
+        return "contains spaces"
+    if "/" in pattern or "@" in pattern:
+        return "is a URL or path, not a host name"
+    if not all(ch.isalnum() or ch in "-._*:[]?" for ch in pattern):
+        return "contains characters other than letters, digits and - . _ * : [ ] ?"
+    return None
 
 
 class _Reader:
@@ -162,6 +176,28 @@ class _Reader:
             return None
         return value
 
+    def host_patterns(self, name: str) -> Optional[Tuple[str, ...]]:
+        """A comma list of host patterns (``api.example.com``, ``*.internal``), lower-cased;
+        None when unset. Invalid entries are reported and left out."""
+        value = self.raw(name)
+        if value is None:
+            return None
+        valid = []
+        for raw in value.split(","):
+            pattern = raw.strip().lower()
+            if not pattern:
+                continue
+            reason = host_pattern_error(pattern)
+            if reason is None:
+                valid.append(pattern.strip("[]"))
+            else:
+                self.problem(
+                    f"{name}: {raw.strip()[:80]!r} {reason}: expected a comma list of host names "
+                    "or patterns such as api.example.com, *.internal, 127.0.0.1",
+                    "that entry is ignored",
+                )
+        return tuple(valid)
+
     def text(self, name: str, max_len: int = 1024) -> Optional[str]:
         value = self.raw(name)
         if value is not None and (len(value) > max_len or not value.isprintable()):
@@ -217,6 +253,8 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
         baggage_trust=trust,
         baggage_secret=secret,
         propagate=r.boolean("LUCIDIC_PROPAGATE", True),
+        propagate_to=r.host_patterns("LUCIDIC_PROPAGATE_TO"),
+        propagate_deny=r.host_patterns("LUCIDIC_PROPAGATE_DENY") or (),
         flush_on_sigterm=r.boolean("LUCIDIC_FLUSH_ON_SIGTERM", True),
         flush_on_fork_exit=r.boolean("LUCIDIC_FLUSH_ON_FORK_EXIT", True),
         capture_content=r.boolean("LUCIDIC_CAPTURE_CONTENT", True),

@@ -33,6 +33,7 @@ from urllib.parse import quote
 from opentelemetry.util._importlib_metadata import EntryPoint, entry_points
 
 from lucidic_otel.config import Settings, load_settings
+from lucidic_otel.egress import OutboundPolicy
 from lucidic_otel.launch import (  # noqa: E402 - one definition of the launcher's names
     CONFIGURATOR_VARIABLE,
     DISTRO_VARIABLE,
@@ -732,14 +733,15 @@ def diagnose(store: Optional[os.PathLike[str] | str] = None) -> Dict[str, Any]:
         notes: List[str] = []
         if settings.strict and settings.problems:
             problems.append(
-                "LUCIDIC_STRICT is on and the settings above have problems: the lucidic distro "
-                "raises and the launcher skips ALL instrumentation"
+                "LUCIDIC_STRICT is on and the settings above have problems: under the launcher "
+                "the program is not started (exit status 2), and init() raises ConfigError"
             )
         env = dict(os.environ)
         launcher = _launcher(env, problems, notes)
         configurator = launcher.pop("_configurator_ep")
         exporters = _exporters(env, configurator, problems)
         propagators = _propagators(os.environ, problems)
+        propagators["outbound"] = OutboundPolicy(settings).describe()
         instrumentors = _instrumentors(os.environ, problems)
         path = store_path_for(settings, store)
         source = "--store" if store is not None else (

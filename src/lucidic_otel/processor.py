@@ -38,6 +38,7 @@ from lucidic_otel.context import (
     SESSION_ATTRIBUTE,
     SESSION_KEY,
 )
+from lucidic_otel.egress import LLM_CALLS
 from lucidic_otel.trust import BaggageTrust
 
 logger = logging.getLogger("lucidic_otel")
@@ -217,13 +218,21 @@ class LucidicSpanProcessor(SpanProcessor):
             sid = self.session_for(parent_context)
             if sid is not None:
                 stamp(span, sid)
+            # Which open spans are LLM calls, for the outbound baggage policy (egress).
+            attributes = (
+                span._attributes._dict  # type: ignore[attr-defined]
+                if type(span) is SDK_SPAN_TYPE
+                else span.attributes
+            )
+            LLM_CALLS.on_start(span, attributes)
         except Exception:  # telemetry must never break the application
             self.failures += 1
             if self.failures == 1:
                 logger.exception("lucidic-otel: could not stamp a span with its session")
 
     def on_end(self, span: ReadableSpan) -> None:
-        return None
+        if len(LLM_CALLS):
+            LLM_CALLS.on_end(span)
 
     def shutdown(self) -> None:
         return None

@@ -5,11 +5,11 @@ HTTP instrumentations carry the baggage entry). A child process has no headers, 
 writes ``TRACEPARENT``/``TRACESTATE``/``BAGGAGE`` into the child's environment and the child,
 started under the launcher, joins the context found there at start-up.
 
-With ``LUCIDIC_PROPAGATE=false`` the session must not leave the process at all. Sessions
-opened here never enter baggage then, but a service that *joined* a session keeps the inbound
-entry in its context (that is how its spans are stamped), and the stock propagators would
-forward it to every outbound destination, the LLM provider included. So the global propagator
-is wrapped to drop that one entry on the way out.
+Outbound, the global propagator is wrapped by the session-baggage policy
+(:mod:`lucidic_otel.egress`): the session entry goes to the application's own services and child
+processes, not to LLM providers. With ``LUCIDIC_PROPAGATE=false`` it goes nowhere: sessions
+opened here never enter baggage then, and a service that *joined* a session (it keeps the
+inbound entry in its context, which is how its spans are stamped) does not forward it.
 """
 
 from __future__ import annotations
@@ -17,23 +17,18 @@ from __future__ import annotations
 import os
 from typing import List, MutableMapping, Optional
 
-from opentelemetry import baggage, propagate
-from opentelemetry.context import Context, get_current
-from opentelemetry.propagators.textmap import (
-    CarrierT,
-    Getter,
-    Setter,
-    TextMapPropagator,
-    default_getter,
-    default_setter,
-)
-
-from lucidic_otel.context import BAGGAGE_KEY
+from opentelemetry import propagate
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter, Setter
 
 CARRIER_VARIABLES = ("TRACEPARENT", "TRACESTATE", "BAGGAGE")
 
 
 class _EnvSetter(Setter[MutableMapping[str, str]]):
+    #: A carrier for a child process of this application: the outbound policy lets the
+    #: session through unless ``LUCIDIC_PROPAGATE=false``.
+    lucidic_child_process = True
+
     def set(self, carrier: MutableMapping[str, str], key: str, value: str) -> None:
         carrier[key.upper()] = value
 
@@ -75,40 +70,13 @@ def env_has_carrier(env: Optional[MutableMapping[str, str]] = None) -> bool:
     return any(name in source for name in CARRIER_VARIABLES)
 
 
-class WithoutSessionBaggage(TextMapPropagator):
-    """``inner`` unchanged, except that ``inject`` never writes the session baggage entry."""
+def install_outbound_policy() -> bool:
+    """Wrap the global propagator in the outbound session-baggage policy
+    (:mod:`lucidic_otel.egress`), once; True if it did."""
+    from lucidic_otel.egress import SessionBaggagePolicy
 
-    def __init__(self, inner: TextMapPropagator) -> None:
-        self.inner = inner
-
-    def extract(
-        self,
-        carrier: CarrierT,
-        context: Optional[Context] = None,
-        getter: Getter[CarrierT] = default_getter,
-    ) -> Context:
-        return self.inner.extract(carrier, context=context, getter=getter)
-
-    def inject(
-        self,
-        carrier: CarrierT,
-        context: Optional[Context] = None,
-        setter: Setter[CarrierT] = default_setter,
-    ) -> None:
-        ctx = get_current() if context is None else context
-        if baggage.get_baggage(BAGGAGE_KEY, ctx) is not None:
-            ctx = baggage.remove_baggage(BAGGAGE_KEY, ctx)
-        self.inner.inject(carrier, context=ctx, setter=setter)
-
-    @property
-    def fields(self) -> set:
-        return self.inner.fields
-
-
-def withhold_session_baggage() -> bool:
-    """Wrap the global propagator so no outbound carrier gets the session; True if it did."""
     current = propagate.get_global_textmap()
-    if isinstance(current, WithoutSessionBaggage):
+    if isinstance(current, SessionBaggagePolicy):
         return False
-    propagate.set_global_textmap(WithoutSessionBaggage(current))
+    propagate.set_global_textmap(SessionBaggagePolicy(current))
     return True
