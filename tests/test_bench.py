@@ -58,6 +58,14 @@ SCRIPTS = {
         "spawn       init",
         "target: 0 hung, 0 failed, 0 orphans, every span recorded, 0 misattributed",
     ],
+    "egress.py": [
+        "== egress ==",
+        "machine: ",
+        "CPU µs per request (span + inject)",
+        "session, in LLM call",
+        "targets (median CPU ratio)",
+        "checks: ok",
+    ],
     "span_overhead.py": [
         "== span overhead ==",
         "machine: ",
