@@ -15,7 +15,7 @@ Prints one row per start method and exits 1 when any run hung, left a process be
 lost or misattributed a span.
 
     python bench/pool_soak.py                 # 200 runs of each start method and set-up
-    python bench/pool_soak.py --quick         # 4 runs of each (CI)
+    python bench/pool_soak.py --quick         # 3 runs of each (CI)
     python bench/pool_soak.py --methods fork --setups launcher --runs 50
 """
 
@@ -220,7 +220,7 @@ def soak(method: str, setup: str, runs: int, jobs: int, timeout: float, env: dic
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=200, help="runs per start method and set-up")
-    parser.add_argument("--quick", action="store_true", help="4 runs of each (CI)")
+    parser.add_argument("--quick", action="store_true", help="3 runs of each (CI)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
     parser.add_argument("--timeout", type=float, default=180.0,
                         help="seconds before a hang (a launched spawn run starts 20 launched "
@@ -231,7 +231,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--no-telemetry", action="store_true",
                         help="the control: the same runs with OTEL_SDK_DISABLED=true")
     args = parser.parse_args(argv)
-    runs = 4 if args.quick else args.runs
+    runs = 3 if args.quick else args.runs
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "LUCIDIC_"))}
     env.update({"OTEL_PYTHON_DISTRO": "lucidic", "PYTHONUNBUFFERED": "1"})
     if args.no_telemetry:

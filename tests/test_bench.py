@@ -39,7 +39,7 @@ from lucidic_otel.processor import PROCESS_SESSION, LucidicSpanProcessor, stamp
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 TIMEOUT_S = 240
-# The quick soak runs 4 programs of each start method and set-up (launched spawn: ~50 s each).
+# The quick soak runs 3 programs of each start method and set-up (launched spawn: ~50-80 s each).
 SCRIPT_TIMEOUT_S = {"pool_soak.py": 900}
 
 # --- 1. the bench scripts ------------------------------------------------------------------
@@ -118,7 +118,15 @@ def _bench_env() -> dict:
     return env
 
 
-@pytest.mark.parametrize("script", sorted(SCRIPTS))
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param(name, marks=pytest.mark.timeout(SCRIPT_TIMEOUT_S[name] + 60))
+        if name in SCRIPT_TIMEOUT_S
+        else name
+        for name in sorted(SCRIPTS)
+    ],
+)
 def test_bench_script_runs_quick(script: str) -> None:
     result = subprocess.run(
         [sys.executable, str(BENCH / script), "--quick"],
