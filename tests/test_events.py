@@ -1010,6 +1010,16 @@ def test_unknown_model_has_no_cost_but_keeps_tokens() -> None:
     assert usage == {"input_tokens": 12, "output_tokens": 5, "cost": None}
 
 
+@pytest.mark.parametrize(
+    "key", ["gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_write.input_tokens"]
+)
+def test_cache_write_tokens_are_read_under_either_spelling(key: str) -> None:
+    attributes = dict(GENAI_CHAT, **{key: 7, "gen_ai.usage.cache_read.input_tokens": 3})
+    misc = convert(make_span("chat", attributes))["payload"]["misc"]
+    assert misc["cache_creation_input_tokens"] == 7
+    assert misc["cache_read_input_tokens"] == 3
+
+
 def test_malformed_json_is_kept_as_raw_text() -> None:
     attributes = dict(GENAI_CHAT, **{
         "gen_ai.input.messages": '[{"role":"user","parts":[{"content":"Hi", "ty',  # truncated

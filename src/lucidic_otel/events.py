@@ -92,6 +92,8 @@ _MISC_KEYS = (
     ("gen_ai.response.time_to_first_chunk", "time_to_first_chunk"),
     ("gen_ai.usage.cache_read.input_tokens", "cache_read_input_tokens"),
     ("gen_ai.usage.cache_creation.input_tokens", "cache_creation_input_tokens"),
+    # The same count as semantic conventions >= 1.38 and anthropic's own tracing spell it.
+    ("gen_ai.usage.cache_write.input_tokens", "cache_creation_input_tokens"),
     ("gen_ai.usage.reasoning.output_tokens", "reasoning_output_tokens"),
     ("gen_ai.conversation.id", "conversation_id"),
     ("gen_ai.output.type", "output_type"),

@@ -22,6 +22,7 @@ from lucidic_otel.config import Settings, get_settings
 from lucidic_otel.context import SESSION_ATTRIBUTE
 from lucidic_otel.events import llm_summary, span_to_event
 from lucidic_otel.ids import event_id
+from lucidic_otel.layers import LateMerge, LayerSpan, LayerTracker
 from lucidic_otel.processor import PROCESS_SESSION
 from lucidic_otel.sessions import END, INIT, JOURNAL, LifecycleJournal
 from lucidic_otel.store import SpanRecord, Store, default_store_path
@@ -61,6 +62,23 @@ def _copy(attributes: Mapping[str, Any]) -> Dict[str, Any]:
 _SPAN_KINDS = ("INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 
 
+def _drop_llm_claim(record: SpanRecord) -> None:
+    """A layer over a call that another span's event stands for: a plain span in the tree."""
+    record.event_type = None
+    record.model = None
+    record.input_tokens = record.output_tokens = None
+    record.cost = None
+
+
+def _set_llm_summary(record: SpanRecord, event: Mapping[str, Any]) -> None:
+    payload = event.get("payload") or {}
+    usage = payload.get("usage") or {}
+    record.model = (payload.get("request") or {}).get("model")
+    record.input_tokens = usage.get("input_tokens")
+    record.output_tokens = usage.get("output_tokens")
+    record.cost = usage.get("cost")
+
+
 class LucidicSpanExporter(SpanExporter):
     """Entry point ``opentelemetry_traces_exporter`` = ``lucidic``.
 
@@ -83,6 +101,7 @@ class LucidicSpanExporter(SpanExporter):
         self._last_resource_attributes: Dict[str, Any] = {}
         self.failures = 0
         self._setup_recorded = False
+        self._layers = LayerTracker()
         # Constructing the store opens nothing; a path that can never hold it is reported now,
         # before the program's own output, not at the first export (often at exit).
         self.store.check_path()
@@ -181,6 +200,75 @@ class LucidicSpanExporter(SpanExporter):
         )
         return record, event
 
+    def _one_event_per_call(
+        self,
+        spans: Sequence[ReadableSpan],
+        records: List[SpanRecord],
+        events: List[Optional[dict]],
+    ) -> List[LateMerge]:
+        """Layers of one API call (see :mod:`lucidic_otel.layers`) become one event.
+
+        Edits ``records`` and ``events`` in place: the call's event (the union of its layers)
+        stays at its innermost layer's place; the other layers' records lose their LLM claim
+        (no event, model or tokens), so totals count the call once. Returns the updates for
+        events written by an earlier batch.
+        """
+        placed: Dict[int, Any] = {}
+        fresh: Dict[int, Any] = {}
+        late: Dict[int, Any] = {}
+        for index, event in enumerate(events):
+            if event is None or event.get("type") != "llm_generation":
+                continue
+            record = records[index]
+            scope = spans[index].instrumentation_scope
+            verdict, call = self._layers.add(
+                LayerSpan(
+                    trace_id=record.trace_id,
+                    span_id=record.span_id,
+                    parent_span_id=record.parent_span_id,
+                    session_id=event["session_id"],
+                    scope=scope.name if scope is not None else None,
+                    name=record.name,
+                    event=event,
+                )
+            )
+            events[index] = None
+            if call is None:
+                _drop_llm_claim(record)
+                continue
+            placed[index] = call
+            if call.written:
+                late[id(call)] = call
+            else:
+                fresh[id(call)] = call
+        if not placed:
+            return []
+        for index, call in placed.items():
+            record = records[index]
+            if call.written or (record.trace_id, record.span_id) != call.primary:
+                _drop_llm_claim(record)
+                continue
+            events[index] = call.event
+            _set_llm_summary(record, call.event)
+        self._layers.mark_written(list(fresh.values()))
+        merges = []
+        for call in late.values():
+            usage = call.event["payload"].get("usage") or {}
+            merges.append(
+                LateMerge(
+                    session_id=call.session_id,
+                    event_key=call.event["client_event_id"],
+                    trace_id=call.primary[0],
+                    span_id=call.primary[1],
+                    body=call.event,
+                    model=call.event["payload"].get("request", {}).get("model"),
+                    input_tokens=usage.get("input_tokens"),
+                    output_tokens=usage.get("output_tokens"),
+                    cost=usage.get("cost"),
+                )
+            )
+        return merges
+
     def _record_setup(self, spans: Sequence[ReadableSpan]) -> None:
         """Once per process: how OpenTelemetry was set up here, for ``doctor`` to show."""
         report = bootstrap.setup_report()
@@ -199,14 +287,21 @@ class LucidicSpanExporter(SpanExporter):
             self._write_lifecycle()
             pid = os.getpid()
             records: List[SpanRecord] = []
-            events: List[dict] = []
+            events: List[Optional[dict]] = []
             for span in spans:
                 gil.tick()  # long work on the application's GIL
                 record, event = self._record(span, pid)
                 records.append(record)
-                if event is not None:
-                    events.append(event)
-            self.store.write_batch(records, events)
+                events.append(event)
+            original = list(events)
+            try:
+                late = self._one_event_per_call(spans, records, events)
+            except Exception:  # never lose a batch to the merge: store the layers unmerged
+                logger.debug("lucidic-otel: could not merge LLM layers", exc_info=True)
+                events, late = original, []
+            self.store.write_batch(records, [e for e in events if e is not None])
+            for merge in late:
+                self.store.merge_llm_layer(merge)
             gil.rest()  # the export thread goes back to waiting for spans
             self._wake_sender()
             return SpanExportResult.SUCCESS

@@ -859,6 +859,50 @@ class Store:
             logger.debug("session %r was not opened by this store; no end recorded", session_id)
         return seq
 
+    def merge_llm_layer(self, merge: Any) -> bool:
+        """A late layer of an LLM call joined its event (``lucidic_otel.layers.LateMerge``).
+
+        The event keeps its id; its body is replaced while it is still pending (one that is
+        already delivered keeps the body the backend has). The span holding it gets the
+        merged model, tokens and cost, and its session's totals change by the difference, so
+        the call is still counted once.
+        """
+        now = time.time()
+        body = _dumps(merge.body)
+        size = _outbox_size(body, merge.session_id, merge.event_key)
+
+        def apply(conn: sqlite3.Connection) -> bool:
+            conn.execute(
+                "UPDATE outbox SET body = ?, nbytes = ?, updated_at = ? WHERE kind = 'event'"
+                " AND session_id = ? AND key = ? AND state = 'pending'",
+                (body, size, now, merge.session_id, merge.event_key),
+            )
+            row = conn.execute(
+                "SELECT id, session_no, input_tokens, output_tokens, cost FROM spans"
+                " WHERE trace_id = ? AND span_id = ? LIMIT 1",
+                (merge.trace_id, merge.span_id),
+            ).fetchone()
+            if row is None:
+                return False
+            new_in, new_out = _int(merge.input_tokens), _int(merge.output_tokens)
+            new_cost = _float(merge.cost)
+            conn.execute(
+                "UPDATE spans SET model = ?, input_tokens = ?, output_tokens = ?, cost = ?"
+                " WHERE id = ?",
+                (_text(merge.model), new_in, new_out, new_cost, row[0]),
+            )
+            if row[1] is not None:
+                conn.execute(
+                    "UPDATE sessions SET input_tokens = input_tokens + ?,"
+                    " output_tokens = output_tokens + ?, cost = cost + ?, updated_at = ?"
+                    " WHERE no = ?",
+                    ((new_in or 0) - (row[2] or 0), (new_out or 0) - (row[3] or 0),
+                     (new_cost or 0.0) - (row[4] or 0.0), now, row[1]),
+                )
+            return True
+
+        return self._guarded("merge_llm_layer", lambda: self._transact(apply, write=True), False)
+
     # ------------------------------------------------------------------ outbox
 
     def claim_pending(
