@@ -789,6 +789,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     upload.add_argument("--json", action="store_true", help="print the result as JSON")
     upload.set_defaults(handler=_delegate("lucidic_otel.upload", "run", "upload"))
+
+    ui = commands.add_parser(
+        "ui", parents=[store_option], help="browse the sessions in a local, read-only web page"
+    )
+    ui.add_argument("--port", type=int, default=0, metavar="N",
+                    help="port to listen on (default: a free one)")
+    ui.add_argument("--host", default="127.0.0.1", metavar="ADDRESS",
+                    help="address to listen on (default 127.0.0.1; anything but loopback "
+                         "needs --allow-remote)")
+    ui.add_argument("--allow-remote", action="store_true",
+                    help="allow a --host that is not loopback (prints a warning)")
+    ui.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    ui.add_argument("--session", metavar="SESSION_ID", help="print and open this session's page")
+    ui.set_defaults(handler=_delegate("lucidic_otel.ui.server", "run", "ui"))
     return parser
 
 

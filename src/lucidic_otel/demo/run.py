@@ -511,9 +511,11 @@ def main(args: argparse.Namespace) -> int:
         say(f"Done in {time.monotonic() - started:.1f}s.")
         if temporary and not keep:
             say("The temporary store was deleted; keep it with: lucidic-otel demo --keep")
+            say("(then open its sessions in the browser with: lucidic-otel ui --store PATH)")
         else:
             say(f"The store is at {store}; look again with: "
                 f"lucidic-otel sessions --store {store}")
+            say(f"or open its sessions in the browser: lucidic-otel ui --store {store}")
     elif temporary and keep:
         print(f"lucidic-otel demo: the store is kept at {store}", file=sys.stderr)
     return status
