@@ -42,10 +42,11 @@ _PAGE_UNSTARTED = (
 )
 _COUNT = "SELECT count(*) FROM sessions WHERE 1 {filter}"
 _COUNT_STARTED = "SELECT count(*) FROM sessions WHERE started_ns IS NOT NULL {filter}"
+# The services subquery is not correlated: SQLite runs it once into a temporary index, so a
+# search is one pass over session_services and one over sessions, not a lookup per session.
 _SEARCH = (
-    " AND (session_id LIKE :p ESCAPE '\\' OR name LIKE :p ESCAPE '\\' OR EXISTS ("
-    "SELECT 1 FROM session_services AS ss WHERE ss.session_no = sessions.no"
-    " AND ss.service LIKE :p ESCAPE '\\'))"
+    " AND (session_id LIKE :p ESCAPE '\\' OR name LIKE :p ESCAPE '\\' OR no IN ("
+    "SELECT session_no FROM session_services WHERE service LIKE :p ESCAPE '\\'))"
 )
 # What the waterfall needs of every span; attributes are read for the selected span only.
 _LIGHT_SPANS = (
@@ -129,9 +130,12 @@ class ReadOnlyStore:
             if conn is None:
                 return {"exists": False, "total": 0, "sessions": []}
             filter_sql, params = (_SEARCH, {"p": like_pattern(query)}) if query else ("", {})
-            total = conn.execute(_COUNT.format(filter=filter_sql), params).fetchone()[0]
             offset = (page - 1) * per_page
             rows = self._page(conn, filter_sql, params, offset, per_page)
+            if page == 1 and len(rows) < per_page:
+                total = len(rows)  # the whole answer is on this page: no second pass to count
+            else:
+                total = conn.execute(_COUNT.format(filter=filter_sql), params).fetchone()[0]
             return {
                 "exists": True,
                 "total": int(total),

@@ -25,7 +25,8 @@
     fact(facts, "status", s.status_text, "badge status-" + s.status);
     fact(facts, "started", LO.time(s.started_ns));
     fact(facts, "duration", LO.duration(s.duration_s));
-    fact(facts, "spans", `${s.span_count} in ${wf.traces} trace${wf.traces === 1 ? "" : "s"}`);
+    const traces = wf.traces.length;
+    fact(facts, "spans", `${s.span_count} in ${traces} trace${traces === 1 ? "" : "s"}`);
     fact(facts, "LLM calls", s.llm_calls);
     fact(facts, "tokens in/out", LO.tokens(s.input_tokens, s.output_tokens));
     fact(facts, "cost USD", LO.cost(s.cost));
@@ -79,48 +80,81 @@
     });
   }
 
+  /* Above this many spans only the rows in view are in the DOM (fixed-height rows over one
+     tall spacer): a 5,000-span session then renders as fast as a 50-span one. */
+  const VIRTUAL_ABOVE = 300;
+  const ROW_PX = 30;
+  let total = 1;
+
+  function buildRow(r, index) {
+    const row = LO.el("div", "row" + (r.error ? " error" : "") + (r.span_id === selected ? " selected" : ""));
+    row.setAttribute("role", "listitem");
+    row.dataset.index = String(index);
+    row.dataset.spanId = r.span_id;
+    row.dataset.service = r.service;
+    row.dataset.kind = r.kind;
+    if (r.llm) row.dataset.llm = "1";
+    if (r.tool) row.dataset.tool = "1";
+    const label = LO.el("div", "label");
+    label.style.paddingLeft = `${0.3 + Math.min(r.depth, 40) * 0.9}em`;
+    label.appendChild(LO.el("span", "span-name", r.name));
+    if (r.entry) mark(label, "entry", "entry", "the request entered the session through this span");
+    if (r.via_baggage_from) {
+      mark(label, "baggage", `via baggage from ${r.via_baggage_from}`,
+        "this service joined the session through the W3C baggage of its caller's request");
+    }
+    if (r.remote_parent) {
+      mark(label, "remote", "remote parent",
+        `parent span ${r.remote_parent} is not recorded in this session`);
+    }
+    if (r.llm) mark(label, "llm", r.model || "LLM");
+    if (r.tool) mark(label, "tool", "tool");
+    if (r.error) mark(label, "err", "error");
+    row.appendChild(label);
+    const track = LO.el("div", "track");
+    const bar = LO.el("div", "bar");
+    bar.style.left = `${(r.offset_ms / total) * 100}%`;
+    bar.style.width = `max(2px, ${(r.duration_ms / total) * 100}%)`;
+    bar.style.background = LO.serviceColour(r.service);
+    bar.title = `${r.service} pid ${r.pid ?? "?"}: ${LO.millis(r.duration_ms)}`;
+    track.appendChild(bar);
+    track.appendChild(LO.el("span", "bar-text", `${LO.millis(r.duration_ms)} · ${r.service}`));
+    row.appendChild(track);
+    return row;
+  }
+
+  function renderWindow() {
+    const container = document.getElementById("waterfall");
+    const spacer = container.firstChild;
+    const first = Math.max(0, Math.floor(container.scrollTop / ROW_PX) - 20);
+    const last = Math.min(rows.length, first + Math.ceil(container.clientHeight / ROW_PX) + 40);
+    const fragment = document.createDocumentFragment();
+    for (let i = first; i < last; i += 1) {
+      const row = buildRow(rows[i], i);
+      row.classList.add("virtual");
+      row.style.top = `${i * ROW_PX}px`;
+      fragment.appendChild(row);
+    }
+    spacer.replaceChildren(fragment);
+  }
+
   function renderWaterfall(wf) {
     rows = decodeRows(wf);
-    const total = wf.total_us / 1000 || 1;
+    total = wf.total_us / 1000 || 1;
     renderAxis(wf.total_us / 1000);
-    const fragment = document.createDocumentFragment();
-    rows.forEach((r, index) => {
-      const row = LO.el("div", "row" + (r.error ? " error" : ""));
-      row.setAttribute("role", "listitem");
-      row.dataset.index = String(index);
-      row.dataset.spanId = r.span_id;
-      row.dataset.service = r.service;
-      row.dataset.kind = r.kind;
-      if (r.llm) row.dataset.llm = "1";
-      if (r.tool) row.dataset.tool = "1";
-      const label = LO.el("div", "label");
-      label.style.paddingLeft = `${0.3 + Math.min(r.depth, 40) * 0.9}em`;
-      label.appendChild(LO.el("span", "span-name", r.name));
-      if (r.entry) mark(label, "entry", "entry", "the request entered the session through this span");
-      if (r.via_baggage_from) {
-        mark(label, "baggage", `via baggage from ${r.via_baggage_from}`,
-          "this service joined the session through the W3C baggage of its caller's request");
-      }
-      if (r.remote_parent) {
-        mark(label, "remote", "remote parent",
-          `parent span ${r.remote_parent} is not recorded in this session`);
-      }
-      if (r.llm) mark(label, "llm", r.model || "LLM");
-      if (r.tool) mark(label, "tool", "tool");
-      if (r.error) mark(label, "err", "error");
-      row.appendChild(label);
-      const track = LO.el("div", "track");
-      const bar = LO.el("div", "bar");
-      bar.style.left = `${(r.offset_ms / total) * 100}%`;
-      bar.style.width = `max(2px, ${(r.duration_ms / total) * 100}%)`;
-      bar.style.background = LO.serviceColour(r.service);
-      bar.title = `${r.service} pid ${r.pid ?? "?"}: ${LO.millis(r.duration_ms)}`;
-      track.appendChild(bar);
-      track.appendChild(LO.el("span", "bar-text", `${LO.millis(r.duration_ms)} · ${r.service}`));
-      row.appendChild(track);
-      fragment.appendChild(row);
-    });
     const container = document.getElementById("waterfall");
+    if (rows.length > VIRTUAL_ABOVE) {
+      const spacer = LO.el("div", "spacer");
+      spacer.style.height = `${rows.length * ROW_PX}px`;
+      container.replaceChildren(spacer);
+      container.dataset.virtual = String(rows.length);
+      container.onscroll = () => requestAnimationFrame(renderWindow);
+      renderWindow();
+      return;
+    }
+    container.onscroll = null;
+    const fragment = document.createDocumentFragment();
+    rows.forEach((r, index) => fragment.appendChild(buildRow(r, index)));
     container.replaceChildren(fragment);
     if (!rows.length) container.appendChild(LO.el("p", "empty", "No spans stored for this session."));
   }
