@@ -120,7 +120,8 @@ OPENAI_APP = """
         },
     }
     client = OpenAI(base_url=sys.argv[1], api_key="test", max_retries=0)
-    token = context.attach(baggage.set_baggage("lucidic.session_id", "sess-123"))
+    token = context.attach(
+        baggage.set_baggage("team", "blue", baggage.set_baggage("lucidic.session_id", "sess-123")))
     try:
         messages = [
             {"role": "system", "content": "Be brief."},
@@ -206,7 +207,9 @@ def test_openai_under_the_launcher_exports_genai_spans(
     [stream_output] = json.loads(stream_attrs["gen_ai.output.messages"])
     assert stream_output["parts"] == [{"type": "text", "content": "Echo: stream me"}]
 
-    # The httpx instrumentation propagated context into the requests the fake server saw.
+    # The httpx instrumentation propagated context into the requests the fake server saw: the
+    # trace and the other baggage, but not the session (the outbound policy keeps it from LLM
+    # calls, see tests/test_egress.py).
     requests = llm.requests
     assert len(requests) == 3
     for request, span in (
@@ -215,7 +218,7 @@ def test_openai_under_the_launcher_exports_genai_spans(
         (requests[2], streamed),
     ):
         assert request.headers["traceparent"].split("-")[1] == span["trace_id"]
-        assert "lucidic.session_id=sess-123" in request.headers["baggage"]
+        assert request.headers["baggage"] == "team=blue"
 
 
 SERVE_UNTIL_SIGNALLED = """
