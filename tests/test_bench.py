@@ -40,7 +40,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 TIMEOUT_S = 240
 # The quick soak runs 3 programs of each start method and set-up (launched spawn: ~50-80 s each).
-SCRIPT_TIMEOUT_S = {"pool_soak.py": 900}
+SCRIPT_TIMEOUT_S = {
+    "pool_soak.py": 900,
+    "reliability.py": 600,  # ~130 s alone; over 240 s on a machine busy with other work
+}
 
 # --- 1. the bench scripts ------------------------------------------------------------------
 
