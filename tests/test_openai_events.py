@@ -123,3 +123,115 @@ def test_tool_calls_are_structured_not_flattened(events):
     ]
     assert len(follow_up) == 1
     assert follow_up[0]["payload"]["request"]["messages"][-1]["tool_call_id"] == call["id"]
+
+
+# A framework's LLM layer over the client's: LangChain is not a dependency of the test
+# environments, so the framework layer is emulated honestly: a real GenAI span made through
+# the OpenTelemetry API, the way LangChain's and the OpenAI Agents SDK's instrumentations
+# record a model call (operation ``chat``, provider, model, messages in, and the response id,
+# usage and output read back from the client's response), around a real ``openai`` call.
+LAYERED_APP = """
+    import json, sys
+    import openai
+    from opentelemetry import trace
+    import lucidic_otel
+
+    base_url = sys.argv[1]
+    client = openai.OpenAI(base_url=base_url, api_key="test", max_retries=0)
+    framework = trace.get_tracer("emulated.langchain")
+    usages = []
+
+    def chat_model(question):
+        messages = [{"role": "user", "content": question}]
+        with framework.start_as_current_span("ChatOpenAI", attributes={
+            "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+            "gen_ai.request.model": "gpt-4o-mini",
+            "gen_ai.input.messages": json.dumps(
+                [{"role": "user", "parts": [{"type": "text", "content": question}]}]),
+        }) as span:
+            response = client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+            span.set_attribute("gen_ai.response.id", response.id)
+            span.set_attribute("gen_ai.response.model", response.model)
+            span.set_attribute("gen_ai.usage.input_tokens", response.usage.prompt_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", response.usage.completion_tokens)
+            span.set_attribute("gen_ai.output.messages", json.dumps([{"role": "assistant",
+                "parts": [{"type": "text", "content": response.choices[0].message.content}],
+                "finish_reason": "stop"}]))
+        usages.append([response.usage.prompt_tokens, response.usage.completion_tokens])
+
+    def run():
+        with framework.start_as_current_span("invoke_agent planner", attributes={
+                "gen_ai.operation.name": "invoke_agent"}):
+            chat_model("first question")
+            chat_model("second question")
+        with framework.start_as_current_span("batch step"):
+            for text in ("same model one", "same model two"):
+                response = client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": text}])
+                usages.append([response.usage.prompt_tokens, response.usage.completion_tokens])
+
+    lucidic_otel.with_lucidic(run, session_name="layered", session_id="openai-layered-1")
+    print("USAGES " + json.dumps(usages))
+"""
+
+
+@pytest.fixture(scope="module")
+def layered(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("openai-layered")
+    store_path = tmp / "store.db"
+    with FakeOpenAIServer() as server:
+        proc = run_instrumented(
+            [write_script(tmp, "app.py", LAYERED_APP), server.base_url],
+            clean_env(LUCIDIC_STORE_PATH=str(store_path)),
+            timeout=90,
+        )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("USAGES ")]
+    store = Store(store_path)
+    try:
+        events = [i.body for i in store.session_events("openai-layered-1")]
+        spans = store.session_spans("openai-layered-1")
+        (session,) = [s for s in store.list_sessions()
+                      if s["session_id"] == "openai-layered-1"]
+    finally:
+        store.close()
+    return events, spans, session, json.loads(line[len("USAGES "):])
+
+
+def test_a_framework_layer_over_the_client_is_one_event_per_call(layered):
+    events, spans, session, usages = layered
+    llm = _llm(events)
+    assert len(llm) == 4, [e["metadata"]["span_name"] for e in llm]
+    by_id = {s.span_id: s for s in spans}
+    framework_spans = [s for s in spans if s.name == "ChatOpenAI"]
+    assert len(framework_spans) == 2
+    for framework_span in framework_spans:
+        # The framework span keeps its place (under the agent, over the client's span) and
+        # does not claim the call; the client instrumentation's span, below it, holds it.
+        assert by_id[framework_span.parent_span_id].name == "invoke_agent planner"
+        assert not framework_span.is_llm_call
+        (held,) = [e for e in llm
+                   if e["metadata"].get("parent_span_id") == framework_span.span_id]
+        assert held["metadata"]["scope_name"] != "emulated.langchain"
+        question = framework_span.attributes["gen_ai.input.messages"]
+        assert held["payload"]["request"]["messages"][-1]["content"] in question
+        assert held["payload"]["response"]["output"].startswith("Echo: ")
+        assert len(held["payload"]["misc"]["layers"]) == 2
+    assert session["llm_calls"] == 4
+    assert session["input_tokens"] == sum(u[0] for u in usages)
+    assert session["output_tokens"] == sum(u[1] for u in usages)
+    for event, (prompt, completion) in zip(
+        sorted(llm, key=lambda e: e["occurred_at"]), usages, strict=True
+    ):
+        usage = event["payload"]["usage"]
+        assert (usage["input_tokens"], usage["output_tokens"]) == (prompt, completion)
+        assert usage["cost"] > 0
+
+
+def test_two_calls_with_the_same_model_in_one_span_stay_two_events(layered):
+    events, spans, _, _ = layered
+    (step,) = [s for s in spans if s.name == "batch step"]
+    under_step = [e for e in _llm(events) if e["metadata"].get("parent_span_id") == step.span_id]
+    assert len(under_step) == 2
+    assert {e["payload"]["misc"]["response_id"] for e in under_step} != {None}
+    assert len({e["payload"]["misc"]["response_id"] for e in under_step}) == 2

@@ -547,6 +547,48 @@ def _instrumentors(env: Mapping[str, str], problems: List[str]) -> Dict[str, Any
     return {"installed": rows, "instrumented_twice": {k: twice[k] for k in sorted(twice)}}
 
 
+# Libraries that trace their own API calls: (distribution, a file only such versions ship,
+# the variable that turns it off, the value that does, the span it makes).
+_SELF_TRACING = (
+    ("anthropic", "anthropic/_tracing.py", "ANTHROPIC_OPEN_TELEMETRY", "false",
+     "anthropic.messages.create"),
+)
+
+
+def _self_tracing(
+    env: Mapping[str, str], instrumentors: Dict[str, Any], notes: List[str]
+) -> List[Dict[str, Any]]:
+    """Libraries that trace themselves while an instrumentation for them is active too: each
+    call then has two LLM spans (lucidic-otel merges them into one event), worth knowing."""
+    from importlib import metadata
+
+    active = [r for r in instrumentors["installed"] if not r["disabled"] and not r["skipped"]]
+    found = []
+    for dist_name, marker, variable, off, span_name in _SELF_TRACING:
+        wrapping = [r for r in active if r["name"] == dist_name]
+        if not wrapping:
+            continue
+        try:
+            dist = metadata.distribution(dist_name)
+            traces_itself = Path(str(dist.locate_file(marker))).is_file()
+        except Exception:  # noqa: BLE001 - not installed, or unreadable metadata
+            continue
+        if not traces_itself:
+            continue
+        enabled = env.get(variable, "").strip().lower() != off
+        owners = ", ".join(str(r["distribution"]) for r in wrapping)
+        found.append({"library": dist_name, "version": dist.version, "variable": variable,
+                      "enabled": enabled, "instrumented_by": owners, "span": span_name})
+        if enabled:
+            notes.append(
+                f"{dist_name} {dist.version} traces its own calls ({span_name}, on unless "
+                f"{variable}={off}) and {owners} instruments it too: both layers are "
+                f"recorded, and each call still becomes one llm_generation event (the layers "
+                f"merged); set {variable}={off} to record only the instrumentation's span"
+            )
+    return found
+
+
 def _launcher(env: Dict[str, str], problems: List[str], notes: List[str]) -> Dict[str, Any]:
     distros = _group("opentelemetry_distro")
     wanted_distro = env.get(DISTRO_VARIABLE)
@@ -743,6 +785,7 @@ def diagnose(store: Optional[os.PathLike[str] | str] = None) -> Dict[str, Any]:
         propagators = _propagators(os.environ, problems)
         propagators["outbound"] = OutboundPolicy(settings).describe()
         instrumentors = _instrumentors(os.environ, problems)
+        instrumentors["self_tracing"] = _self_tracing(os.environ, instrumentors, notes)
         path = store_path_for(settings, store)
         source = "--store" if store is not None else (
             PATH_VARIABLE if settings.store_path is not None else "default")
