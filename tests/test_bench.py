@@ -69,6 +69,11 @@ SCRIPTS = {
         "targets (median CPU ratio)",
         "checks: ok",
     ],
+    "ui.py": [
+        "machine: ",
+        "worst median TTFB:",
+        "target < 300 ms server-side",
+    ],
     "span_overhead.py": [
         "== span overhead ==",
         "machine: ",
