@@ -951,3 +951,39 @@ def test_reads_never_raise_and_answer_conservatively(tmp_path: Path) -> None:
     assert s.mark_delivered([1]) and s.mark_retry(1, "e", 0) and s.mark_failed(1, "r")
     s.close()
     s.close()  # idempotent
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_fork_during_a_transaction_leaves_the_child_a_usable_store(tmp_path: Path) -> None:
+    """SQLite records per process which connection holds a file lock; a child forked while a
+    thread of the parent is inside a transaction inherits a lock no one will release, and every
+    write of the child was refused ("database is locked"): pool workers lost their spans. The
+    fork now waits for the open transaction to end."""
+    import threading
+
+    path = tmp_path / "store.db"
+    store = Store(path)
+    store.record_session_init("s-fork", {"session_id": "s-fork"})
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(conn) -> bool:
+        conn.execute("INSERT INTO setups (recorded_at, json) VALUES (0, '{}')")
+        inside.set()
+        release.wait(5)
+        return True
+
+    holder = threading.Thread(target=lambda: store._transact(slow, write=True))
+    holder.start()
+    assert inside.wait(5)
+    threading.Timer(0.3, release.set).start()  # the transaction ends while the fork waits
+    pid = os.fork()
+    if pid == 0:  # the child: one write of its own must go through at once
+        ok = store.record_session_init("s-child", {"session_id": "s-child"})
+        os._exit(0 if ok else 3)
+    _, status = os.waitpid(pid, 0)
+    holder.join(5)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert release.is_set()  # the fork happened after the transaction, not inside it
+    with Store(path) as check:
+        assert {"s-fork", "s-child"} <= {s["session_id"] for s in check.list_sessions()}
+    store.close()
