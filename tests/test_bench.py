@@ -52,7 +52,7 @@ SCRIPTS = {
     # its exit status carries hangs, orphans and lost or misattributed spans.
     "pool_soak.py": [
         "machine: ",
-        "method       runs  hung failed orphans",
+        "method      setup      runs  hung failed orphans",
         "fork        launcher",
         "forkserver  launcher",
         "spawn       launcher",
