@@ -33,7 +33,7 @@ from lucidic_otel.doctor import (
     session_ids_with_prefix,
     store_path_for,
 )
-from lucidic_otel.store import OutboxItem, SpanRecord, Store
+from lucidic_otel.store import OutboxItem, SpanRecord, Store, status_text
 from lucidic_otel.version import __version__
 
 PROG = "lucidic-otel"
@@ -159,14 +159,6 @@ def _reader(args: argparse.Namespace) -> _StoreReader:
 # ----------------------------------------------------------------------------- sessions
 
 
-def _status_text(session: Dict[str, Any]) -> str:
-    """The status as every view prints it: the lifecycle, and "(no spans)" when nothing was
-    recorded in the session (a scope no span ran in, an ``init()`` in a process that made
-    none), which a bare "open" would hide: it suggests spans are still on their way."""
-    status = str(session.get("status"))
-    return status if session.get("span_count") else f"{status} (no spans)"
-
-
 def _session_json(session: Dict[str, Any]) -> Dict[str, Any]:
     return {
         "session_id": session["session_id"],
@@ -180,7 +172,7 @@ def _session_json(session: Dict[str, Any]) -> Dict[str, Any]:
         "output_tokens": session.get("output_tokens", 0),
         "cost": session.get("cost", 0.0),
         "status": session.get("status"),
-        "status_text": _status_text(session),
+        "status_text": status_text(session),
     }
 
 
@@ -204,7 +196,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             str(s.get("llm_calls", 0)),
             _tokens(s.get("input_tokens"), s.get("output_tokens")),
             _cost(s.get("cost")),
-            _status_text(s),
+            status_text(s),
         )
         for s in sessions
     ]
@@ -465,7 +457,7 @@ def _print_tree(spans: List[SpanRecord], events: Dict[str, Dict[str, Any]]) -> N
 def _session_header(session: Dict[str, Any]) -> List[str]:
     name = f'  "{_one_line(session["name"], 60)}"' if session.get("name") else ""
     return [
-        f"session {session['session_id']}{name}  {_status_text(session)}",
+        f"session {session['session_id']}{name}  {status_text(session)}",
         f"  started {_local_time(session.get('started_ns'))}  duration "
         f"{_duration(session.get('duration_s'))}  services "
         f"{', '.join(session.get('services') or []) or '-'}",
@@ -494,7 +486,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({
             "session": {**session, "started_at": _iso_utc(session.get("started_ns")),
-                        "status_text": _status_text(session)},
+                        "status_text": status_text(session)},
             "spans": [asdict(span) for span in spans],
             "events": [asdict(item) for item in events],
         })

@@ -2095,6 +2095,14 @@ def _outbox_item(row: tuple) -> OutboxItem:
     )
 
 
+def status_text(session: Mapping[str, Any]) -> str:
+    """The status as every view prints it: the lifecycle, and "(no spans)" when nothing was
+    recorded in the session (a scope no span ran in, an ``init()`` in a process that made
+    none), which a bare "open" would hide: it suggests spans are still on their way."""
+    status = str(session.get("status"))
+    return status if session.get("span_count") else f"{status} (no spans)"
+
+
 def _session_dict(conn: sqlite3.Connection, row: tuple) -> Dict[str, Any]:
     (no, session_id, name, task, meta, initiated, started_ns, last_end_ns, ended_ns,
      is_successful, successful_reason, session_eval, eval_reason, span_count, llm_calls,

@@ -22,6 +22,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import quote
 
 from lucidic_otel.doctor import StoreUnreadableError, probe_store
+from lucidic_otel.store import _session_dict as _store_session_dict
+from lucidic_otel.store import status_text
 
 _TIMEOUT_S = 2.0
 _SESSION_COLUMNS = (
@@ -222,48 +224,9 @@ def _session_row(conn: sqlite3.Connection, session_id: str) -> Optional[tuple]:
 
 
 def session_dict(conn: sqlite3.Connection, row: tuple) -> Dict[str, Any]:
-    """A session row as ``Store.list_sessions`` returns it (same keys, same status rules),
-    so the page shows what ``lucidic-otel sessions`` prints."""
-    (no, session_id, name, task, meta, initiated, started_ns, last_end_ns, ended_ns,
-     is_successful, successful_reason, session_eval, eval_reason, span_count, llm_calls,
-     input_tokens, output_tokens, cost) = row
-    services = [
-        service for (service,) in conn.execute(
-            "SELECT service FROM session_services WHERE session_no = ? ORDER BY service", (no,)
-        )
-    ]
-    counts = {"pending": 0, "delivered": 0, "failed": 0}
-    for state, count in conn.execute(
-        "SELECT state, count(*) FROM outbox WHERE session_id = ? GROUP BY state", (session_id,)
-    ):
-        counts[str(state)] = int(count)
-    if ended_ns is None:
-        status = "open"
-    elif is_successful is None:
-        status = "ended"
-    else:
-        status = "ok" if is_successful else "failed"
-    finish = ended_ns if ended_ns is not None else last_end_ns
-    meta_dict = _loads(meta, {}) if meta else {}
-    return {
-        "session_id": session_id,
-        "name": name,
-        "task": task,
-        "tags": meta_dict.get("tags") if isinstance(meta_dict, dict) else None,
-        "initiated": bool(initiated),
-        "started_ns": started_ns,
-        "ended_ns": ended_ns,
-        "duration_s": (finish - started_ns) / 1e9 if finish and started_ns else None,
-        "services": services,
-        "span_count": span_count,
-        "llm_calls": llm_calls,
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "cost": cost,
-        "status": status,
-        "status_text": status if span_count else f"{status} (no spans)",
-        "is_successful_reason": successful_reason,
-        "session_eval": session_eval,
-        "session_eval_reason": eval_reason,
-        **counts,
-    }
+    """A session row exactly as ``Store.list_sessions`` returns it (the store's own
+    conversion), with the status text every view prints, so the page shows what
+    ``lucidic-otel sessions`` prints."""
+    session = _store_session_dict(conn, row)
+    session["status_text"] = status_text(session)
+    return session
