@@ -1,7 +1,7 @@
 """Latency an instrumented OpenAI call sees, with the Lucidic backend healthy, slow and down.
 
 Every configuration runs the same worker: the official ``openai`` client making chat calls to
-a loopback OpenAI-compatible server (``lucidic_otel.demo.fake_openai``), timing each call with
+a loopback OpenAI-compatible server (``lucidic_otel.testing.fake_openai``), timing each call with
 ``perf_counter_ns`` on the application thread. Configurations:
 
   (a) no telemetry: plain ``python``, nothing instrumented (the baseline);
@@ -59,7 +59,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from _machine import machine_lines  # noqa: E402
 
-from lucidic_otel.demo.fake_openai import FakeOpenAIServer  # noqa: E402
+from lucidic_otel.testing.fake_openai import FakeOpenAIServer  # noqa: E402
 
 CONTRACT_SERVER = ROOT / "tests" / "support" / "contract_server.py"
 

@@ -51,9 +51,9 @@ from opentelemetry.trace import Tracer  # noqa: E402
 
 import lucidic_otel  # noqa: E402
 from lucidic_otel.config import load_settings  # noqa: E402
-from lucidic_otel.context import SEMCONV_SESSION_ATTRIBUTE, SESSION_ATTRIBUTE  # noqa: E402
-from lucidic_otel.processor import LucidicSpanProcessor  # noqa: E402
-from lucidic_otel.sessions import JOURNAL  # noqa: E402
+from lucidic_otel.sdk.processor import LucidicSpanProcessor  # noqa: E402
+from lucidic_otel.sessions.context import SEMCONV_SESSION_ATTRIBUTE, SESSION_ATTRIBUTE  # noqa: E402
+from lucidic_otel.sessions.lifecycle import JOURNAL  # noqa: E402
 
 EXPECTED = "bench.expected_session"
 ASYNC_SESSIONS = 1000

@@ -120,8 +120,8 @@ def build_batches(n_batches: int, rep: int) -> List[List[Any]]:
     from opentelemetry.trace import SpanKind
 
     from lucidic_otel.config import load_settings
-    from lucidic_otel.context import SESSION_KEY
-    from lucidic_otel.processor import LucidicSpanProcessor
+    from lucidic_otel.sdk.processor import LucidicSpanProcessor
+    from lucidic_otel.sessions.context import SESSION_KEY
 
     rng = random.Random(rep)
     memory = InMemorySpanExporter()
@@ -273,8 +273,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     from lucidic_otel.config import load_settings
-    from lucidic_otel.exporter import LucidicSpanExporter
-    from lucidic_otel.sessions import LifecycleJournal
+    from lucidic_otel.sdk.exporter import LucidicSpanExporter
+    from lucidic_otel.sessions.lifecycle import LifecycleJournal
 
     receiver = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--serve"],

@@ -50,13 +50,13 @@ from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from support.contract_server import TRANSIENT_FAULTS, ContractServer, Faults  # noqa: E402
 
-from lucidic_otel import upload  # noqa: E402
+from lucidic_otel.cli import upload  # noqa: E402
 from lucidic_otel.config import Settings, load_settings  # noqa: E402
-from lucidic_otel.context import SESSION_ATTRIBUTE  # noqa: E402
-from lucidic_otel.exporter import LucidicSpanExporter  # noqa: E402
-from lucidic_otel.sender import Sender  # noqa: E402
-from lucidic_otel.sessions import END, INIT, LifecycleJournal  # noqa: E402
-from lucidic_otel.store import Store  # noqa: E402
+from lucidic_otel.delivery.sender import Sender  # noqa: E402
+from lucidic_otel.outbox.store import Store  # noqa: E402
+from lucidic_otel.sdk.exporter import LucidicSpanExporter  # noqa: E402
+from lucidic_otel.sessions.context import SESSION_ATTRIBUTE  # noqa: E402
+from lucidic_otel.sessions.lifecycle import END, INIT, LifecycleJournal  # noqa: E402
 
 TIMEOUT_S = 1.0
 COMPRESSED: Dict[str, Any] = dict(
@@ -72,8 +72,8 @@ EXIT_DEADLINE_S = 2.0
 KILLED_CHILD = """
     import sys
     from lucidic_otel.config import load_settings
-    from lucidic_otel.sender import Sender
-    from lucidic_otel.store import Store
+    from lucidic_otel.delivery.sender import Sender
+    from lucidic_otel.outbox.store import Store
 
     store = Store(sys.argv[1])
     settings = load_settings({"LUCIDIC_API_KEY": "test-key", "LUCIDIC_AGENT_ID": "agent-1",

@@ -44,8 +44,13 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from lucidic_otel.config import load_settings
-from lucidic_otel.context import BAGGAGE_KEY, SESSION_ATTRIBUTE, SESSION_KEY, context_with_session
-from lucidic_otel.processor import LucidicSpanProcessor
+from lucidic_otel.sdk.processor import LucidicSpanProcessor
+from lucidic_otel.sessions.context import (
+    BAGGAGE_KEY,
+    SESSION_ATTRIBUTE,
+    SESSION_KEY,
+    context_with_session,
+)
 
 SID = "bench-session-0001"
 TARGET_RATIO = 1.10

@@ -92,7 +92,7 @@ def import_cumulative_us(stderr: str, module: str) -> Optional[int]:
 
 PROBE = """
 from opentelemetry import trace
-from lucidic_otel import bootstrap
+from lucidic_otel.launcher import bootstrap
 provider = trace.get_tracer_provider()
 names = [type(p).__name__ for p in provider._active_span_processor._span_processors]
 exporters = [type(getattr(p, "_batch_processor", p)._exporter).__name__

@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from _machine import machine_lines
 
-from lucidic_otel.store import SpanRecord, Store
+from lucidic_otel.outbox.store import SpanRecord, Store
 
 CLI = Path(sys.executable).parent / "lucidic-otel"
 BIG_SESSION = "bench-big-session"

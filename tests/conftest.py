@@ -9,10 +9,11 @@ from typing import Iterator
 import pytest
 from opentelemetry.context import Context, attach, detach
 
-from lucidic_otel import api, bootstrap
+from lucidic_otel import api
 from lucidic_otel.config import reset_settings
-from lucidic_otel.processor import PROCESS_SESSION
-from lucidic_otel.sessions import JOURNAL, REGISTRY
+from lucidic_otel.launcher import bootstrap
+from lucidic_otel.sdk.processor import PROCESS_SESSION
+from lucidic_otel.sessions.lifecycle import JOURNAL, REGISTRY
 
 
 @pytest.fixture

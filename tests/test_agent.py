@@ -1,4 +1,4 @@
-"""The delivery process (``lucidic_otel.agent``): delivery off the application's GIL.
+"""The delivery process (``lucidic_otel.delivery.helper``): delivery off the application's GIL.
 
 Real applications under the real launcher deliver to the loopback contract server; the tests
 look at the process tree (``/proc``) to prove where the sender runs, that the API key never
@@ -21,11 +21,11 @@ import pytest
 from support.contract_server import ContractServer, Faults
 from support.launcher import delivery_env, run_instrumented, spawn_instrumented, stop, write_script
 
-from lucidic_otel import agent as agent_module
-from lucidic_otel import sender as sender_module
 from lucidic_otel.config import load_settings
-from lucidic_otel.sender import Sender
-from lucidic_otel.store import Store
+from lucidic_otel.delivery import helper as agent_module
+from lucidic_otel.delivery import sender as sender_module
+from lucidic_otel.delivery.sender import Sender
+from lucidic_otel.outbox.store import Store
 
 # The tests read the process tree from /proc; the delivery process itself is POSIX-only.
 pytestmark = pytest.mark.skipif(
@@ -87,7 +87,9 @@ def _lines(output: str, prefix: str) -> List[str]:
 
 def _agents(output: str) -> List[int]:
     return [
-        int(line.split()[0]) for line in _lines(output, "CHILD") if "lucidic_otel.agent" in line
+        int(line.split()[0])
+        for line in _lines(output, "CHILD")
+        if "lucidic_otel.delivery.helper" in line
     ]
 
 

@@ -14,8 +14,8 @@ import json
 
 import pytest
 
-from lucidic_otel.pricing import cost as price_cost
-from lucidic_otel.store import Store
+from lucidic_otel.convert.pricing import cost as price_cost
+from lucidic_otel.outbox.store import Store
 from tests.support.anthropic_replay import AnthropicReplayServer, load_recordings
 from tests.support.launcher import clean_env, run_instrumented, write_script
 

@@ -28,10 +28,10 @@ from support.launcher import clean_env
 
 import lucidic_otel
 from lucidic_otel.config import ConfigError, get_settings, reset_settings
-from lucidic_otel.context import BAGGAGE_KEY, SESSION_ATTRIBUTE, active_session
-from lucidic_otel.processor import PROCESS_SESSION, LucidicSpanProcessor
-from lucidic_otel.sessions import END, INIT, JOURNAL, REGISTRY
-from lucidic_otel.sessions import LifecycleRecord as Record
+from lucidic_otel.sdk.processor import PROCESS_SESSION, LucidicSpanProcessor
+from lucidic_otel.sessions.context import BAGGAGE_KEY, SESSION_ATTRIBUTE, active_session
+from lucidic_otel.sessions.lifecycle import END, INIT, JOURNAL, REGISTRY
+from lucidic_otel.sessions.lifecycle import LifecycleRecord as Record
 
 API_WARNINGS = "lucidic_otel"
 
@@ -924,7 +924,7 @@ def test_signed_mode_signs_outbound_baggage(monkeypatch: pytest.MonkeyPatch) -> 
 
 _CHILD_PRELUDE = """
 import atexit, json, sys
-from lucidic_otel import sessions
+from lucidic_otel.sessions import lifecycle as sessions
 
 def report(tag, value):
     print(tag, json.dumps(value), flush=True)
@@ -958,7 +958,7 @@ def test_init_in_a_plain_interpreter() -> None:
     out = run_child(
         """
         import lucidic_otel
-        from lucidic_otel.processor import PROCESS_SESSION
+        from lucidic_otel.sdk.processor import PROCESS_SESSION
         from opentelemetry import trace
         sid = lucidic_otel.init("nightly", tags=["a", "b"], task="summarise")
         report("SID", sid)
@@ -1247,7 +1247,7 @@ def test_instrument_takes_library_names_and_the_transport_the_client_uses() -> N
     """``instrument=["openai", "httpx"]`` as the README writes it: "httpx" is the httpx
     family, so the client's HTTP spans are recorded with whichever transport it uses (openai
     3.x: httpx2; 2.x: httpx), next to the LLM span; an unknown name says what is installed."""
-    from lucidic_otel.demo.fake_openai import FakeOpenAIServer
+    from lucidic_otel.testing.fake_openai import FakeOpenAIServer
 
     with FakeOpenAIServer() as llm:
         out = run_child(

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from lucidic_otel.demo.fake_openai import FakeOpenAIServer
-from lucidic_otel.store import Store
+from lucidic_otel.outbox.store import Store
+from lucidic_otel.testing.fake_openai import FakeOpenAIServer
 from tests.support.contract_server import ContractServer
 from tests.support.launcher import (
     BIN,

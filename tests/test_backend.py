@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lucidic_otel import backend
-from lucidic_otel.backend import Verdict
+from lucidic_otel.delivery import contract as backend
+from lucidic_otel.delivery.contract import Verdict
 from lucidic_otel.version import __version__
 
 

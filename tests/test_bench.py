@@ -4,7 +4,7 @@
    print its tables. Timings are never asserted (the machine is shared and noisy); the
    scripts' own correctness checks (spans lost, misattributed or unstamped) do set the exit
    status, so those are asserted through it.
-2. ``lucidic_otel.processor`` reads a few SDK private names on its hot path (see its module
+2. ``lucidic_otel.sdk.processor`` reads a few SDK private names on its hot path (see its module
    docstring). These tests pin that the shortcuts are active with the installed SDK, that each
    gives exactly what the public API gives, and that the public fallbacks keep the precedence.
 """
@@ -26,15 +26,15 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from lucidic_otel import processor as processor_module
 from lucidic_otel.config import load_settings, reset_settings
-from lucidic_otel.context import (
+from lucidic_otel.sdk import processor as processor_module
+from lucidic_otel.sdk.processor import PROCESS_SESSION, LucidicSpanProcessor, stamp
+from lucidic_otel.sessions.context import (
     BAGGAGE_KEY,
     SEMCONV_SESSION_ATTRIBUTE,
     SESSION_ATTRIBUTE,
     SESSION_KEY,
 )
-from lucidic_otel.processor import PROCESS_SESSION, LucidicSpanProcessor, stamp
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"

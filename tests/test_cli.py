@@ -24,8 +24,8 @@ import pytest
 from support.contract_server import ContractServer
 from support.launcher import clean_env, run_instrumented, write_script
 
-from lucidic_otel import cli
-from lucidic_otel.store import Store
+from lucidic_otel.cli import main as cli
+from lucidic_otel.outbox.store import Store
 
 BIN = Path(sys.executable).parent
 CLI = BIN / "lucidic-otel"
@@ -522,7 +522,7 @@ def fake_modules(monkeypatch: pytest.MonkeyPatch) -> Iterator[Dict[str, Any]]:
         calls["demo"] = args
 
     demo_run.main = main  # type: ignore[attr-defined]
-    upload = types.ModuleType("lucidic_otel.upload")
+    upload = types.ModuleType("lucidic_otel.cli.upload")
 
     def run(args: Any) -> int:
         calls["upload"] = args
@@ -530,7 +530,7 @@ def fake_modules(monkeypatch: pytest.MonkeyPatch) -> Iterator[Dict[str, Any]]:
 
     upload.run = run  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "lucidic_otel.demo.run", demo_run)
-    monkeypatch.setitem(sys.modules, "lucidic_otel.upload", upload)
+    monkeypatch.setitem(sys.modules, "lucidic_otel.cli.upload", upload)
     yield calls
 
 
@@ -548,7 +548,7 @@ def test_demo_and_upload_get_the_parsed_arguments(
 
 
 @pytest.mark.parametrize(("command", "module"),
-                         [("demo", "lucidic_otel.demo.run"), ("upload", "lucidic_otel.upload")])
+                         [("demo", "lucidic_otel.demo.run"), ("upload", "lucidic_otel.cli.upload")])
 def test_missing_command_module_is_one_line_and_exit_2(
     command: str, module: str, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -568,7 +568,7 @@ def test_an_unexpected_exception_is_one_line(
     def boom(args: Any) -> int:
         raise RuntimeError("the sender\nexploded")
 
-    monkeypatch.setattr(sys.modules["lucidic_otel.upload"], "run", boom)
+    monkeypatch.setattr(sys.modules["lucidic_otel.cli.upload"], "run", boom)
     assert cli.main(["upload"]) == 1
     err = capsys.readouterr().err
     assert err == "lucidic-otel: error: RuntimeError: the sender exploded\n"

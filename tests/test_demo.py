@@ -24,7 +24,7 @@ from typing import Dict, Iterator, List, Tuple
 import pytest
 
 from lucidic_otel.demo import run
-from lucidic_otel.store import Store
+from lucidic_otel.outbox.store import Store
 
 pytestmark = pytest.mark.openai
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from support.launcher import clean_env, run_instrumented, write_script
 
-from lucidic_otel.store import Store
+from lucidic_otel.outbox.store import Store
 
 PROGRAM = """
     from opentelemetry import trace

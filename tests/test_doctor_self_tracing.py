@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lucidic_otel import cli
-from lucidic_otel.doctor import diagnose
+from lucidic_otel.cli import main as cli
+from lucidic_otel.cli.doctor import diagnose
 
 pytest.importorskip("anthropic._tracing")
 pytest.importorskip("opentelemetry.instrumentation.genai.anthropic")

@@ -31,17 +31,17 @@ from support.launcher import (
 )
 
 from lucidic_otel.config import load_settings
-from lucidic_otel.context import BAGGAGE_KEY
-from lucidic_otel.egress import (
+from lucidic_otel.outbox.store import Store
+from lucidic_otel.sdk.processor import LucidicSpanProcessor
+from lucidic_otel.sessions.context import BAGGAGE_KEY
+from lucidic_otel.sessions.egress import (
     LLM_CALLS,
     PROVIDER_HOSTS,
     OutboundPolicy,
     SessionBaggagePolicy,
     destination,
 )
-from lucidic_otel.processor import LucidicSpanProcessor
-from lucidic_otel.propagation import inject_env
-from lucidic_otel.store import Store
+from lucidic_otel.sessions.propagation import inject_env
 
 SESSION = "egress-1"
 SECRET = "egress-shared-secret-0123456789"
@@ -218,7 +218,7 @@ APP = f"""
 
 
 def _run(tmp_path: Path, **policy_env: str):
-    from lucidic_otel.demo.fake_openai import FakeOpenAIServer
+    from lucidic_otel.testing.fake_openai import FakeOpenAIServer
 
     store = tmp_path / "store.db"
     env = clean_env(LUCIDIC_STORE_PATH=str(store), LUCIDIC_PROPAGATE_DENY="localhost",
@@ -309,6 +309,6 @@ def test_doctor_shows_the_effective_outbound_policy(
     ],
 )
 def test_the_destination_of_a_url(url: str, expected) -> None:
-    from lucidic_otel.egress import _netloc
+    from lucidic_otel.sessions.egress import _netloc
 
     assert _netloc(url) == expected

@@ -22,8 +22,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 
-from lucidic_otel import events
-from lucidic_otel.events import is_llm_span, llm_summary, span_to_event
+from lucidic_otel.convert import events
+from lucidic_otel.convert.events import is_llm_span, llm_summary, span_to_event
 from lucidic_otel.ids import event_id
 
 START = 1_700_000_000_123_456_789  # 2023-11-14T22:13:20.123456789Z

@@ -4,7 +4,7 @@ Each program in ``examples/`` is run with the command the README section gives f
 the real ``opentelemetry-instrument`` launcher, or a plain ``python`` where the README says that
 works too), with nothing but a temporary local store. Then the store is read back, through
 the ``lucidic-otel sessions --json`` console script a user would run and through
-:class:`lucidic_otel.store.Store`, to check what the README promises: which sessions exist,
+:class:`lucidic_otel.outbox.store.Store`, to check what the README promises: which sessions exist,
 which spans are in each, and which are ended and which are still open.
 
 The README cannot drift from what runs here: every code block of its section must be a
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from lucidic_otel.store import SpanRecord, Store
+from lucidic_otel.outbox.store import SpanRecord, Store
 from tests.support.launcher import BIN, INSTRUMENT, PYTHON, clean_env
 
 REPO = Path(__file__).resolve().parents[1]

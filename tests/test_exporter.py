@@ -7,7 +7,7 @@ from tests.support.launcher import clean_env, run_instrumented, write_script
 QUIET_SERVICE = """
     import os, time, lucidic_otel
     from opentelemetry import trace
-    from lucidic_otel.store import Store
+    from lucidic_otel.outbox.store import Store
 
     with lucidic_otel.session("quiet-1"):
         trace.get_tracer("t").start_span("work").end()

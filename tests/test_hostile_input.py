@@ -46,10 +46,10 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 import lucidic_otel
 from lucidic_otel.config import load_settings
-from lucidic_otel.context import BAGGAGE_KEY, SEMCONV_SESSION_ATTRIBUTE, SESSION_ATTRIBUTE
-from lucidic_otel.processor import PROCESS_SESSION, LucidicSpanProcessor
-from lucidic_otel.sessions import JOURNAL, REGISTRY
-from lucidic_otel.store import Store
+from lucidic_otel.outbox.store import Store
+from lucidic_otel.sdk.processor import PROCESS_SESSION, LucidicSpanProcessor
+from lucidic_otel.sessions.context import BAGGAGE_KEY, SEMCONV_SESSION_ATTRIBUTE, SESSION_ATTRIBUTE
+from lucidic_otel.sessions.lifecycle import JOURNAL, REGISTRY
 from tests.support.launcher import PYTHON, clean_env, run_instrumented, write_script
 
 VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")

@@ -19,8 +19,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import lucidic_otel
 from lucidic_otel.config import get_settings
-from lucidic_otel.context import SEMCONV_SESSION_ATTRIBUTE, SESSION_ATTRIBUTE, active_session
-from lucidic_otel.processor import PROCESS_SESSION, LucidicSpanProcessor
+from lucidic_otel.sdk.processor import PROCESS_SESSION, LucidicSpanProcessor
+from lucidic_otel.sessions.context import (
+    SEMCONV_SESSION_ATTRIBUTE,
+    SESSION_ATTRIBUTE,
+    active_session,
+)
 
 TASKS = 1000
 SPANS_PER_TASK = 4  # request, step, the step's llm call, response

@@ -19,12 +19,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import set_span_in_context
 
 from lucidic_otel.config import Settings
-from lucidic_otel.context import SESSION_ATTRIBUTE
-from lucidic_otel.exporter import LucidicSpanExporter
-from lucidic_otel.layers import LayerSpan, LayerTracker, merge_payloads
-from lucidic_otel.pricing import cost as price_cost
-from lucidic_otel.sessions import LifecycleJournal
-from lucidic_otel.store import Store
+from lucidic_otel.convert.layers import LayerSpan, LayerTracker, merge_payloads
+from lucidic_otel.convert.pricing import cost as price_cost
+from lucidic_otel.outbox.store import Store
+from lucidic_otel.sdk.exporter import LucidicSpanExporter
+from lucidic_otel.sessions.context import SESSION_ATTRIBUTE
+from lucidic_otel.sessions.lifecycle import LifecycleJournal
 
 SESSION = "layers-1"
 MODEL = "claude-haiku-4-5"

@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from lucidic_otel.demo.fake_openai import FakeOpenAIServer
-from lucidic_otel.store import Store
+from lucidic_otel.outbox.store import Store
+from lucidic_otel.testing.fake_openai import FakeOpenAIServer
 from tests.support.launcher import clean_env, run_instrumented, write_script
 
 pytestmark = pytest.mark.openai

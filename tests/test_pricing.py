@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lucidic_otel.pricing import PRICES_PER_MILLION, cost, price
+from lucidic_otel.convert.pricing import PRICES_PER_MILLION, cost, price
 
 
 @pytest.mark.parametrize(

@@ -20,14 +20,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from lucidic_otel.config import load_settings, reset_settings
-from lucidic_otel.context import (
+from lucidic_otel.ids import sign_session_id
+from lucidic_otel.sdk.processor import PROCESS_SESSION, LucidicSpanProcessor
+from lucidic_otel.sessions.context import (
     BAGGAGE_KEY,
     SEMCONV_SESSION_ATTRIBUTE,
     SESSION_ATTRIBUTE,
     SESSION_KEY,
 )
-from lucidic_otel.ids import sign_session_id
-from lucidic_otel.processor import PROCESS_SESSION, LucidicSpanProcessor
 
 SECRET = "0123456789abcdef-shared-secret"
 

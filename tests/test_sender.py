@@ -34,14 +34,14 @@ from support.launcher import (
     write_script,
 )
 
-from lucidic_otel import sender as sender_module
-from lucidic_otel import upload
+from lucidic_otel.cli import upload
 from lucidic_otel.config import Settings, load_settings
-from lucidic_otel.context import SESSION_ATTRIBUTE
-from lucidic_otel.exporter import LucidicSpanExporter
-from lucidic_otel.sender import Sender
-from lucidic_otel.sessions import END, INIT, LifecycleJournal
-from lucidic_otel.store import Store
+from lucidic_otel.delivery import sender as sender_module
+from lucidic_otel.delivery.sender import Sender
+from lucidic_otel.outbox.store import Store
+from lucidic_otel.sdk.exporter import LucidicSpanExporter
+from lucidic_otel.sessions.context import SESSION_ATTRIBUTE
+from lucidic_otel.sessions.lifecycle import END, INIT, LifecycleJournal
 
 API_KEY = "test-key"
 AGENT = "agent-1"
@@ -49,7 +49,7 @@ AGENT = "agent-1"
 FAST: Dict[str, Any] = dict(
     timeout_s=0.5, connect_timeout_s=0.5, backoff_base_s=0.02, backoff_cap_s=0.3, idle_poll_s=0.5
 )
-SENDER_LOGGER = "lucidic_otel.sender"
+SENDER_LOGGER = "lucidic_otel.delivery.sender"
 
 
 def delivery_settings(server: ContractServer, **env: str) -> Settings:
@@ -466,12 +466,12 @@ FORK = """
     import os, sys
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from lucidic_otel import sender as sender_module
+    from lucidic_otel.delivery import sender as sender_module
     from lucidic_otel.config import Settings, load_settings
-    from lucidic_otel.context import SESSION_ATTRIBUTE
-    from lucidic_otel.exporter import LucidicSpanExporter
-    from lucidic_otel.sessions import END, INIT, LifecycleJournal
-    from lucidic_otel.store import Store
+    from lucidic_otel.sessions.context import SESSION_ATTRIBUTE
+    from lucidic_otel.sdk.exporter import LucidicSpanExporter
+    from lucidic_otel.sessions.lifecycle import END, INIT, LifecycleJournal
+    from lucidic_otel.outbox.store import Store
 
     store = Store(sys.argv[1])
     settings = load_settings({"LUCIDIC_API_KEY": "test-key", "LUCIDIC_AGENT_ID": "agent-1",

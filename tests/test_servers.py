@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from lucidic_otel.store import Store
+from lucidic_otel.outbox.store import Store
 from tests.support.launcher import clean_env, spawn_instrumented, stop, write_script
 from tests.support.scenarios import (
     SERVER_KINDS,

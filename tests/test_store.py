@@ -23,8 +23,8 @@ from typing import Any, Dict, List, Optional
 import pytest
 from support.launcher import clean_env, run_instrumented, write_script
 
-import lucidic_otel.store as store_module
-from lucidic_otel.store import (
+import lucidic_otel.outbox.store as store_module
+from lucidic_otel.outbox.store import (
     OutboxItem,
     SpanRecord,
     Store,
@@ -33,7 +33,7 @@ from lucidic_otel.store import (
 )
 
 SRC = str(Path(store_module.__file__).resolve().parents[1])
-STORE_LOGGER = "lucidic_otel.store"
+STORE_LOGGER = "lucidic_otel.outbox.store"
 
 
 def span(
@@ -306,7 +306,7 @@ def test_event_without_session_is_kept_as_failed(store: Store) -> None:
 
 WRITER = """
 import json, sys
-from lucidic_otel.store import Store, SpanRecord
+from lucidic_otel.outbox.store import Store, SpanRecord
 path, tag, batches = sys.argv[1], sys.argv[2], int(sys.argv[3])
 store = Store(path)
 store.record_session_init(tag, {"session_name": tag})
@@ -352,7 +352,7 @@ def test_two_processes_write_at_once_without_lock_errors(tmp_path: Path) -> None
 
 CRASHER = """
 import sys
-from lucidic_otel.store import Store, SpanRecord
+from lucidic_otel.outbox.store import Store, SpanRecord
 store = Store(sys.argv[1])
 for b in range(1_000_000):
     spans = [SpanRecord(trace_id=f"{b:032x}", span_id=f"{j:016x}", session_id="crash",
@@ -404,7 +404,7 @@ FORK_SCRIPT = """
 import os, sys
 sys.path.insert(0, sys.argv[2])
 from test_store import span
-from lucidic_otel.store import Store
+from lucidic_otel.outbox.store import Store
 
 store = Store(sys.argv[1])
 assert store.write_batch([span(0, "parent")])

@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.launcher import clean_env, spawn, stop, wait_ready
 
-from lucidic_otel.demo.fake_openai import FakeOpenAIServer
+from lucidic_otel.testing.fake_openai import FakeOpenAIServer
 
 WEATHER_TOOL = {
     "type": "function",
@@ -331,7 +331,7 @@ def test_replies_are_a_pure_function_of_the_request(
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_module_entry_point_prints_ready_and_exits_cleanly_on_signal(sig: int) -> None:
-    proc = spawn([sys.executable, "-m", "lucidic_otel.demo.fake_openai"], env=clean_env())
+    proc = spawn([sys.executable, "-m", "lucidic_otel.testing.fake_openai"], env=clean_env())
     try:
         port = int(wait_ready(proc, timeout=10))
         status, body = _post_raw(
@@ -347,7 +347,7 @@ def test_module_entry_point_prints_ready_and_exits_cleanly_on_signal(sig: int) -
 def test_module_entry_point_honours_max_seconds() -> None:
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "lucidic_otel.demo.fake_openai", "--max-seconds", "0.3"],
+        [sys.executable, "-m", "lucidic_otel.testing.fake_openai", "--max-seconds", "0.3"],
         capture_output=True,
         text=True,
         timeout=10,

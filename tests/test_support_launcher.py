@@ -31,7 +31,7 @@ from support.launcher import (
 )
 from support.otlp_receiver import OTLPTraceReceiver
 
-from lucidic_otel.demo.fake_openai import FakeOpenAIServer
+from lucidic_otel.testing.fake_openai import FakeOpenAIServer
 
 
 def _has_entry_point(group: str, name: str) -> bool:

@@ -40,12 +40,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from lucidic_otel.config import load_settings, reset_settings
-from lucidic_otel.context import BAGGAGE_KEY, SESSION_ATTRIBUTE, context_with_session
-from lucidic_otel.egress import OutboundPolicy, SessionBaggagePolicy
 from lucidic_otel.ids import sign_session_id
-from lucidic_otel.processor import PROCESS_SESSION, LucidicSpanProcessor
-from lucidic_otel.propagation import install_outbound_policy
-from lucidic_otel.store import Store
+from lucidic_otel.outbox.store import Store
+from lucidic_otel.sdk.processor import PROCESS_SESSION, LucidicSpanProcessor
+from lucidic_otel.sessions.context import BAGGAGE_KEY, SESSION_ATTRIBUTE, context_with_session
+from lucidic_otel.sessions.egress import OutboundPolicy, SessionBaggagePolicy
+from lucidic_otel.sessions.propagation import install_outbound_policy
 from tests.support.launcher import (
     clean_env,
     run_instrumented,
@@ -245,7 +245,7 @@ def test_a_joined_session_goes_to_the_llm_provider_only_when_allowed(
     tmp_path: Path, policy: Dict[str, str], forwarded: bool
 ) -> None:
     pytest.importorskip("openai")
-    from lucidic_otel.demo.fake_openai import FakeOpenAIServer
+    from lucidic_otel.testing.fake_openai import FakeOpenAIServer
 
     store_path = tmp_path / "store.db"
     with FakeOpenAIServer() as llm:
@@ -295,7 +295,7 @@ CONTENT_APP = """
 
 def test_capture_content_off_keeps_prompts_out_of_store_and_backend(tmp_path: Path) -> None:
     pytest.importorskip("openai")
-    from lucidic_otel.demo.fake_openai import FakeOpenAIServer
+    from lucidic_otel.testing.fake_openai import FakeOpenAIServer
     from tests.support.contract_server import ContractServer
 
     store_path = tmp_path / "store.db"

@@ -20,8 +20,8 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from lucidic_otel.store import SCHEMA_VERSION, Store
-from lucidic_otel.ui.routes import load_static
+from lucidic_otel.cli.ui.routes import load_static
+from lucidic_otel.outbox.store import SCHEMA_VERSION, Store
 from tests.support.launcher import clean_env, run_instrumented, spawn_instrumented, stop
 from tests.ui_support import (
     CLI,
@@ -137,7 +137,7 @@ def _wait(condition: Any, what: str, timeout: float = WAIT_S) -> Any:
 
 
 def test_static_files_ship_as_package_data() -> None:
-    folder = resources.files("lucidic_otel.ui").joinpath("static")
+    folder = resources.files("lucidic_otel.cli.ui").joinpath("static")
     assert STATIC_FILES <= {entry.name for entry in folder.iterdir()}
     assert STATIC_FILES <= set(load_static())
     pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text(encoding="utf-8")

@@ -37,9 +37,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import lucidic_otel
 from lucidic_otel.config import get_settings, reset_settings
-from lucidic_otel.context import BAGGAGE_KEY, SESSION_ATTRIBUTE, active_session
-from lucidic_otel.processor import PROCESS_SESSION, LucidicSpanProcessor
-from lucidic_otel.store import Store
+from lucidic_otel.outbox.store import Store
+from lucidic_otel.sdk.processor import PROCESS_SESSION, LucidicSpanProcessor
+from lucidic_otel.sessions.context import BAGGAGE_KEY, SESSION_ATTRIBUTE, active_session
 from tests.support.contract_server import ContractServer
 from tests.support.launcher import clean_env, run_instrumented, write_script
 from tests.support.scenarios import run_workers

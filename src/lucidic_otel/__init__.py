@@ -4,7 +4,7 @@ Run a program unchanged under ``opentelemetry-instrument`` and every span is sta
 session; use this API to scope work into sessions. See README.md.
 
 The names below are imported on first use (PEP 562): ``import lucidic_otel`` itself costs
-nothing, which matters for the delivery helper process (``lucidic_otel.agent``), a
+nothing, which matters for the delivery helper process (``lucidic_otel.delivery.helper``), a
 package module that needs none of the API or the SDK behind it.
 """
 
@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, List
 from lucidic_otel.version import __version__
 
 _EXPORTS = {
-    "BAGGAGE_KEY": "lucidic_otel.context",
-    "SEMCONV_SESSION_ATTRIBUTE": "lucidic_otel.context",
-    "SESSION_ATTRIBUTE": "lucidic_otel.context",
-    "LucidicSpanProcessor": "lucidic_otel.processor",
+    "BAGGAGE_KEY": "lucidic_otel.sessions.context",
+    "SEMCONV_SESSION_ATTRIBUTE": "lucidic_otel.sessions.context",
+    "SESSION_ATTRIBUTE": "lucidic_otel.sessions.context",
+    "LucidicSpanProcessor": "lucidic_otel.sdk.processor",
     "carry_context": "lucidic_otel.api",
     "clear_active_session": "lucidic_otel.api",
     "current_session_id": "lucidic_otel.api",
@@ -69,8 +69,12 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         with_lucidic,
         with_session,
     )
-    from lucidic_otel.context import BAGGAGE_KEY, SEMCONV_SESSION_ATTRIBUTE, SESSION_ATTRIBUTE
-    from lucidic_otel.processor import LucidicSpanProcessor
+    from lucidic_otel.sdk.processor import LucidicSpanProcessor
+    from lucidic_otel.sessions.context import (
+        BAGGAGE_KEY,
+        SEMCONV_SESSION_ATTRIBUTE,
+        SESSION_ATTRIBUTE,
+    )
 
 
 def __getattr__(name: str) -> Any:

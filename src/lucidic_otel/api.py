@@ -31,20 +31,21 @@ from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
-from lucidic_otel import bootstrap, launch
 from lucidic_otel.config import ConfigError, Settings, get_settings, set_overrides
-from lucidic_otel.context import (
+from lucidic_otel.ids import new_session_id, session_id_error
+from lucidic_otel.launcher import bootstrap
+from lucidic_otel.launcher import origin as launch
+from lucidic_otel.launcher.exit import take_sigterm_in_worker
+from lucidic_otel.sdk.processor import PROCESS_SESSION, adopt
+from lucidic_otel.sessions.context import (
     BAGGAGE_KEY,
     active_session,
     context_with_session,
     context_without_session,
 )
-from lucidic_otel.ids import new_session_id, session_id_error
-from lucidic_otel.processor import PROCESS_SESSION, adopt
-from lucidic_otel.propagation import extract_env as _extract_env
-from lucidic_otel.propagation import inject_env as _inject_env
-from lucidic_otel.sessions import REGISTRY, flush_spans
-from lucidic_otel.shutdown import take_sigterm_in_worker
+from lucidic_otel.sessions.lifecycle import REGISTRY, flush_spans
+from lucidic_otel.sessions.propagation import extract_env as _extract_env
+from lucidic_otel.sessions.propagation import inject_env as _inject_env
 
 logger = logging.getLogger("lucidic_otel")
 
@@ -131,7 +132,7 @@ def _configure_sdk(instrument: Optional[Iterable[str]]) -> None:
     is set yet: a provider the application built (SDK or not) is never replaced; an SDK one
     gets the session processor and the lucidic pipeline added, each once (``bootstrap``).
     """
-    from lucidic_otel.distro import LucidicConfigurator, LucidicDistro
+    from lucidic_otel.launcher.distro import LucidicConfigurator, LucidicDistro
 
     if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         launch.RAN.by_init = True

@@ -9,7 +9,7 @@ records of what happened:
   span of a trace must belong to. It never reads a session attribute, so it cannot share a
   mistake with the session processor;
 * the **store** (``LUCIDIC_STORE_PATH``, always in a temporary directory), read back with
-  :class:`lucidic_otel.store.Store` like the CLI does.
+  :class:`lucidic_otel.outbox.store.Store` like the CLI does.
 
 :func:`tally` turns the two into an :class:`Outcome`: spans created (witnessed), exported
 (found in the store), stamped correctly, lost (witnessed, not stored) and misattributed (stored
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from lucidic_otel.ids import event_id
-from lucidic_otel.store import Store
+from lucidic_otel.outbox.store import Store
 from tests.support.launcher import (
     BIN,
     INSTRUMENT,
@@ -643,7 +643,7 @@ def run_isolation(workdir: Path, n: int = 200) -> ProgramRun:
     Flask server never calls the session API, and each request calls a loopback LLM with the
     real openai client. Both processes write to the same store.
     """
-    from lucidic_otel.demo.fake_openai import FakeOpenAIServer
+    from lucidic_otel.testing.fake_openai import FakeOpenAIServer
 
     workdir = _fresh_dir(workdir)
     server_app = write_script(workdir, "isolation_server.py", ISOLATION_SERVER)
@@ -763,8 +763,8 @@ def run_trust(workdir: Path) -> TrustRun:
     store files (the test keeps a reader open so that the WAL file survives), what the LLM
     provider and the backend received.
     """
-    from lucidic_otel.demo.fake_openai import FakeOpenAIServer
     from lucidic_otel.ids import sign_session_id
+    from lucidic_otel.testing.fake_openai import FakeOpenAIServer
     from tests.support.contract_server import ContractServer
 
     workdir = _fresh_dir(workdir)

@@ -61,7 +61,7 @@ _LAUNCHER_CODE = (
 )
 
 
-# ``python -m lucidic_otel.demo.fake_openai`` with one addition: like the demo services with
+# ``python -m lucidic_otel.testing.fake_openai`` with one addition: like the demo services with
 # ``--exit-with-parent``, it stops (by its own SIGTERM handler) when its stdin closes, which
 # happens however this runner ends, even by SIGKILL.
 _FAKE_SERVER_CODE = """\
@@ -74,7 +74,7 @@ def watch():
         pass
     os.kill(os.getpid(), signal.SIGTERM)
 threading.Thread(target=watch, daemon=True).start()
-from lucidic_otel.demo.fake_openai import main
+from lucidic_otel.testing.fake_openai import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -337,7 +337,7 @@ def check_sessions(store: Path, session_ids: List[str]) -> str:
     The agent's spans join the gateway's sessions only through baggage: a session without
     them means propagation broke, which is exactly what the demo must not hide.
     """
-    from lucidic_otel.store import Store
+    from lucidic_otel.outbox.store import Store
 
     with Store(store) as opened:
         listed = {s["session_id"]: s for s in opened.list_sessions(limit=len(session_ids) + 50)}
@@ -362,7 +362,7 @@ def check_sessions(store: Path, session_ids: List[str]) -> str:
 
 def show_tables(store: Path, session_id: str) -> None:
     """Print exactly what the two CLI commands print for this store."""
-    from lucidic_otel.cli import main as cli_main
+    from lucidic_otel.cli.main import main as cli_main
 
     say(f"\n$ lucidic-otel sessions --store {store}")
     if cli_main(["sessions", "--store", str(store)]) != 0:
@@ -375,7 +375,7 @@ def show_tables(store: Path, session_id: str) -> None:
 def run_demo(store: Path, workdir: Path, services: List[Service]) -> None:
     """Start, exercise and stop the services, then show what was recorded."""
     if store != workdir / "store.db":
-        from lucidic_otel.doctor import StoreUnreadableError, probe_store
+        from lucidic_otel.cli.doctor import StoreUnreadableError, probe_store
 
         try:
             probe_store(store)  # a user's --store: refuse a bad one before starting anything

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import quote
 
-from lucidic_otel.doctor import StoreUnreadableError, probe_store
-from lucidic_otel.ui.queries import ReadOnlyStore
-from lucidic_otel.ui.routes import Response, Routes, error_page, json_response, load_static
-from lucidic_otel.ui.safety import WILDCARDS, host_allowed, is_loopback
+from lucidic_otel.cli.doctor import StoreUnreadableError, probe_store
+from lucidic_otel.cli.ui.queries import ReadOnlyStore
+from lucidic_otel.cli.ui.routes import Response, Routes, error_page, json_response, load_static
+from lucidic_otel.cli.ui.safety import WILDCARDS, host_allowed, is_loopback
 from lucidic_otel.version import __version__
 
 PROG = "lucidic-otel ui"

@@ -171,7 +171,7 @@ def _event_from_attributes(span: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         from opentelemetry.sdk.trace import Event, ReadableSpan
         from opentelemetry.trace import SpanContext, Status, StatusCode
 
-        from lucidic_otel.events import span_to_event
+        from lucidic_otel.convert.events import span_to_event
 
         context = SpanContext(int(span["trace_id"], 16), int(span["span_id"], 16), False)
         events = span["events"] if isinstance(span["events"], list) else []

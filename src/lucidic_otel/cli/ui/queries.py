@@ -1,6 +1,7 @@
 """Read-only queries for the viewer, on the store file opened with ``mode=ro``.
 
-Why not :class:`lucidic_otel.store.Store`: it opens the file read-write (it creates the schema,
+Why not :class:`~lucidic_otel.outbox.store.Store`:
+it opens the file read-write (it creates the schema,
 and a closing last connection checkpoints the WAL into the main file), and on a bad file it
 silently switches to an empty in-memory database. A viewer must never change the store, and
 must say when it cannot read it, so every request here gets its own ``mode=ro`` connection
@@ -21,9 +22,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import quote
 
-from lucidic_otel.doctor import StoreUnreadableError, probe_store
-from lucidic_otel.store import _session_dict as _store_session_dict
-from lucidic_otel.store import status_text
+from lucidic_otel.cli.doctor import StoreUnreadableError, probe_store
+from lucidic_otel.outbox.store import _session_dict as _store_session_dict
+from lucidic_otel.outbox.store import status_text
 
 _TIMEOUT_S = 2.0
 _SESSION_COLUMNS = (

@@ -603,7 +603,7 @@ class FakeOpenAIServer:
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve in the foreground until SIGTERM/SIGINT or ``--max-seconds``; print ``READY <port>``."""
     parser = argparse.ArgumentParser(
-        prog="python -m lucidic_otel.demo.fake_openai",
+        prog="python -m lucidic_otel.testing.fake_openai",
         description="Offline, deterministic OpenAI-compatible server on 127.0.0.1.",
     )
     parser.add_argument("--port", type=int, default=0, help="port to bind (default: a free one)")

@@ -33,20 +33,20 @@ from urllib.parse import quote
 from opentelemetry.util._importlib_metadata import EntryPoint, entry_points
 
 from lucidic_otel.config import Settings, load_settings
-from lucidic_otel.egress import OutboundPolicy
-from lucidic_otel.launch import (  # noqa: E402 - one definition of the launcher's names
+from lucidic_otel.launcher.origin import (  # noqa: E402 - one definition of the launcher's names
     CONFIGURATOR_VARIABLE,
     DISTRO_VARIABLE,
     EXPORTER_VARIABLE,
     LUCIDIC,
 )
-from lucidic_otel.store import (
+from lucidic_otel.outbox.store import (
     PATH_VARIABLE,
     SCHEMA_VERSION,
     Store,
     default_store_path,
     store_path_problem,
 )
+from lucidic_otel.sessions.egress import OutboundPolicy
 from lucidic_otel.version import __version__
 
 PROPAGATORS_VARIABLE = "OTEL_PROPAGATORS"
@@ -54,7 +54,7 @@ DISABLED_VARIABLE = "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
 DEFAULT_PROPAGATORS = "tracecontext,baggage"
 FAILED_ITEMS_SHOWN = 10
 _SQLITE_HEADER = b"SQLite format 3\x00"
-# What a program whose store cannot be used does instead (see lucidic_otel.store).
+# What a program whose store cannot be used does instead (see lucidic_otel.outbox.store).
 _IN_MEMORY = (
     "programs recording here keep their telemetry in memory only (lost at exit, and "
     "`lucidic-otel sessions` cannot show it)"
@@ -278,7 +278,7 @@ def _unreadable_problem(exc: StoreUnreadableError, path: Path) -> str:
 
 def _read_store(data: Dict[str, Any], settings: Settings, path: Path) -> None:
     """Fill in what the readable store at ``path`` holds."""
-    with quiet_logger("lucidic_otel.store") as messages:
+    with quiet_logger("lucidic_otel.outbox.store") as messages:
         store = Store(path, max_bytes=settings.store_max_bytes)
         try:
             counts = store.outbox_counts()
@@ -395,7 +395,7 @@ def _distro_defaults(
         return
     if picked["name"] == LUCIDIC and picked["value"].startswith("lucidic_otel."):
         from lucidic_otel.config import ConfigError
-        from lucidic_otel.distro import apply_defaults
+        from lucidic_otel.launcher.distro import apply_defaults
 
         try:
             apply_defaults(env)
@@ -430,7 +430,7 @@ def _exporters(
         source = "unset"
     dropped: List[str] = []
     if configurator is not None and configurator.name == LUCIDIC and value:
-        from lucidic_otel.distro import drop_unknown_exporters
+        from lucidic_otel.launcher.distro import drop_unknown_exporters
 
         dropped = drop_unknown_exporters(env)  # logs; the caller collects the log
         value = env.get(EXPORTER_VARIABLE)
@@ -681,8 +681,8 @@ def _configurator_how(configurator: Optional[EntryPoint], wanted: Optional[str])
 
 def _pipeline(launcher: Dict[str, Any], env: Mapping[str, str]) -> Dict[str, Any]:
     """Whether the lucidic export pipeline will be on the provider, by the rule the
-    post-instrument hook applies (:func:`lucidic_otel.bootstrap.exporter_rule`)."""
-    from lucidic_otel.bootstrap import exporter_rule
+    post-instrument hook applies (:func:`lucidic_otel.launcher.bootstrap.exporter_rule`)."""
+    from lucidic_otel.launcher.bootstrap import exporter_rule
 
     configurator = launcher["configurator"]
     if configurator is None:
@@ -709,7 +709,7 @@ def _pipeline(launcher: Dict[str, Any], env: Mapping[str, str]) -> Dict[str, Any
 def _live_pipeline() -> Optional[Dict[str, Any]]:
     """The set-up this very process went through (``opentelemetry-instrument lucidic-otel
     doctor``): the truth, where the rest of the report is a prediction."""
-    from lucidic_otel.bootstrap import setup_report
+    from lucidic_otel.launcher.bootstrap import setup_report
 
     live = setup_report()
     if not live:

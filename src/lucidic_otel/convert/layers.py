@@ -33,8 +33,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .pricing import cost as _price_cost
-from .pricing import price as _price
+from lucidic_otel.convert.pricing import cost as _price_cost
+from lucidic_otel.convert.pricing import price as _price
 
 UNKNOWN = "unknown"
 # Recent calls remembered for layers that arrive in a later batch; the layers of one call end
@@ -58,7 +58,7 @@ class LayerSpan:
 @dataclass
 class LateMerge:
     """A layer that arrived after its call's event was written: the event's new body and
-    summary, for :meth:`lucidic_otel.store.Store.merge_llm_layer`."""
+    summary, for :meth:`lucidic_otel.outbox.store.Store.merge_llm_layer`."""
 
     session_id: str
     event_key: str

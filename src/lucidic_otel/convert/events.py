@@ -38,9 +38,9 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
-from .ids import event_id
-from .pricing import cost as _price_cost
-from .pricing import price as _price
+from lucidic_otel.convert.pricing import cost as _price_cost
+from lucidic_otel.convert.pricing import price as _price
+from lucidic_otel.ids import event_id
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 from opentelemetry import trace
 
 from lucidic_otel.config import get_settings
-from lucidic_otel.sessions import REGISTRY, flush_spans
+from lucidic_otel.sessions.lifecycle import REGISTRY, flush_spans
 
 logger = logging.getLogger("lucidic_otel")
 
@@ -75,11 +75,11 @@ def _bounded(fn: Callable[[], None], seconds: float) -> None:
 _LOCK_HOLDING_MODULES = (
     "opentelemetry.sdk",
     "opentelemetry.exporter",
-    "lucidic_otel.sessions",
-    "lucidic_otel.exporter",
-    "lucidic_otel.store",
-    "lucidic_otel.sender",
-    "lucidic_otel.backend",
+    "lucidic_otel.sessions.lifecycle",
+    "lucidic_otel.sdk.exporter",
+    "lucidic_otel.outbox.store",
+    "lucidic_otel.delivery.sender",
+    "lucidic_otel.delivery.contract",
     "logging",
     "importlib._bootstrap",
 )

@@ -22,8 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from lucidic_otel.config import DEFAULT_UPLOAD_DEADLINE_S, load_settings
-from lucidic_otel.doctor import (
+from lucidic_otel.cli.doctor import (
     StoreUnreadableError,
     check_store_usable,
     count_sessions,
@@ -33,7 +32,8 @@ from lucidic_otel.doctor import (
     session_ids_with_prefix,
     store_path_for,
 )
-from lucidic_otel.store import OutboxItem, SpanRecord, Store, status_text
+from lucidic_otel.config import DEFAULT_UPLOAD_DEADLINE_S, load_settings
+from lucidic_otel.outbox.store import OutboxItem, SpanRecord, Store, status_text
 from lucidic_otel.version import __version__
 
 PROG = "lucidic-otel"
@@ -140,7 +140,7 @@ class _StoreReader:
         try:
             if not probe_store(self.path):
                 return empty
-            with quiet_logger("lucidic_otel.store") as messages:
+            with quiet_logger("lucidic_otel.outbox.store") as messages:
                 store = Store(self.path, max_bytes=self._max_bytes)
                 try:
                     result = reader(store)
@@ -311,7 +311,7 @@ def _event_from_attributes(span: SpanRecord) -> Optional[Dict[str, Any]]:
     from opentelemetry.sdk.trace import Event, ReadableSpan
     from opentelemetry.trace import SpanContext, Status, StatusCode
 
-    from lucidic_otel.events import span_to_event
+    from lucidic_otel.convert.events import span_to_event
 
     try:
         context = SpanContext(int(span.trace_id, 16), int(span.span_id, 16), is_remote=False)
@@ -615,7 +615,7 @@ def _print_doctor(report: Dict[str, Any]) -> None:
 
 
 def _outbound_line(policy: Dict[str, Any]) -> str:
-    """The outbound session-baggage policy in one line (rules: lucidic_otel.egress)."""
+    """The outbound session-baggage policy in one line (rules: lucidic_otel.sessions.egress)."""
     if policy["session_baggage"] == "off":
         return "never sent (LUCIDIC_PROPAGATE=false), not even to child processes"
     parts = []
@@ -780,7 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS", help=f"give up after SECONDS (default {DEFAULT_UPLOAD_DEADLINE_S:g})",
     )
     upload.add_argument("--json", action="store_true", help="print the result as JSON")
-    upload.set_defaults(handler=_delegate("lucidic_otel.upload", "run", "upload"))
+    upload.set_defaults(handler=_delegate("lucidic_otel.cli.upload", "run", "upload"))
 
     ui = commands.add_parser(
         "ui", parents=[store_option], help="browse the sessions in a local, read-only web page"
@@ -794,7 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="allow a --host that is not loopback (prints a warning)")
     ui.add_argument("--no-browser", action="store_true", help="do not open a browser")
     ui.add_argument("--session", metavar="SESSION_ID", help="print and open this session's page")
-    ui.set_defaults(handler=_delegate("lucidic_otel.ui.server", "run", "ui"))
+    ui.set_defaults(handler=_delegate("lucidic_otel.cli.ui.server", "run", "ui"))
     return parser
 
 

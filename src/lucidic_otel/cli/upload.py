@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, TextIO
 
 from lucidic_otel.config import DEFAULT_UPLOAD_DEADLINE_S, load_settings
-from lucidic_otel.sender import DeliveryStats, Sender
-from lucidic_otel.store import (
+from lucidic_otel.delivery.sender import DeliveryStats, Sender
+from lucidic_otel.outbox.store import (
     KIND_EVENT,
     KIND_SESSION_END,
     KIND_SESSION_INIT,
@@ -185,8 +185,8 @@ def _report(summary: Dict[str, Any], as_json: bool, out: TextIO) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m lucidic_otel.upload``: exactly ``lucidic-otel upload`` (one parser)."""
-    from lucidic_otel.cli import main as cli_main
+    """``python -m lucidic_otel.cli.upload``: exactly ``lucidic-otel upload`` (one parser)."""
+    from lucidic_otel.cli.main import main as cli_main
 
     return cli_main(["upload", *(sys.argv[1:] if argv is None else argv)])
 

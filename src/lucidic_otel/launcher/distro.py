@@ -7,7 +7,8 @@ one. The configurator is the stock SDK configurator plus our session processor, 
 the supported ``span_processors=`` argument. When another distro or configurator won the
 launcher's first-found race, the pre-instrument hook applies the defaults instrumentors read
 (content capture) and the post-instrument hook adds the session processor and the lucidic
-export pipeline to the provider the winner built (:mod:`lucidic_otel.bootstrap`). None of them
+export pipeline to the provider the winner built (:mod:`~lucidic_otel.launcher.bootstrap`).
+None of them
 raises except in strict mode: an exception here makes the launcher skip all instrumentation.
 """
 
@@ -22,10 +23,10 @@ from opentelemetry.instrumentation.distro import BaseDistro
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 from opentelemetry.util._importlib_metadata import entry_points
 
-from lucidic_otel import launch
-from lucidic_otel.bootstrap import after_sdk_ready, session_processor
 from lucidic_otel.config import ConfigError, get_settings
-from lucidic_otel.shutdown import take_sigterm_in_worker
+from lucidic_otel.launcher import origin as launch
+from lucidic_otel.launcher.bootstrap import after_sdk_ready, session_processor
+from lucidic_otel.launcher.exit import take_sigterm_in_worker
 
 logger = logging.getLogger("lucidic_otel")
 

@@ -17,15 +17,17 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from lucidic_otel import bootstrap, gil, sender
+from lucidic_otel import gil
 from lucidic_otel.config import Settings, get_settings
-from lucidic_otel.context import SESSION_ATTRIBUTE
-from lucidic_otel.events import llm_summary, span_to_event
+from lucidic_otel.convert.events import llm_summary, span_to_event
+from lucidic_otel.convert.layers import LateMerge, LayerSpan, LayerTracker
+from lucidic_otel.delivery import sender
 from lucidic_otel.ids import event_id
-from lucidic_otel.layers import LateMerge, LayerSpan, LayerTracker
-from lucidic_otel.processor import PROCESS_SESSION
-from lucidic_otel.sessions import END, INIT, JOURNAL, LifecycleJournal
-from lucidic_otel.store import SpanRecord, Store, default_store_path
+from lucidic_otel.launcher import bootstrap
+from lucidic_otel.outbox.store import SpanRecord, Store, default_store_path
+from lucidic_otel.sdk.processor import PROCESS_SESSION
+from lucidic_otel.sessions.context import SESSION_ATTRIBUTE
+from lucidic_otel.sessions.lifecycle import END, INIT, JOURNAL, LifecycleJournal
 
 logger = logging.getLogger("lucidic_otel")
 
@@ -206,7 +208,7 @@ class LucidicSpanExporter(SpanExporter):
         records: List[SpanRecord],
         events: List[Optional[dict]],
     ) -> List[LateMerge]:
-        """Layers of one API call (see :mod:`lucidic_otel.layers`) become one event.
+        """Layers of one API call (see :mod:`lucidic_otel.convert.layers`) become one event.
 
         Edits ``records`` and ``events`` in place: the call's event (the union of its layers)
         stays at its innermost layer's place; the other layers' records lose their LLM claim

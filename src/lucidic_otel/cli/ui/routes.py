@@ -16,9 +16,9 @@ from importlib import resources
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, quote, unquote
 
-from lucidic_otel.doctor import StoreUnreadableError, session_ids_with_prefix
-from lucidic_otel.ui.queries import ReadOnlyStore, StoreProblemError
-from lucidic_otel.ui.views import span_detail, waterfall
+from lucidic_otel.cli.doctor import StoreUnreadableError, session_ids_with_prefix
+from lucidic_otel.cli.ui.queries import ReadOnlyStore, StoreProblemError
+from lucidic_otel.cli.ui.views import span_detail, waterfall
 from lucidic_otel.version import __version__
 
 DEFAULT_PER_PAGE = 50
@@ -47,7 +47,7 @@ class BadRequestError(Exception):
 def load_static() -> Dict[str, Tuple[bytes, str]]:
     """The shipped pages, scripts and styles, read once from the package data (so a
     non-editable install serves them too, wherever it put the package)."""
-    folder = resources.files("lucidic_otel.ui").joinpath("static")
+    folder = resources.files("lucidic_otel.cli.ui").joinpath("static")
     files = {}
     for entry in folder.iterdir():
         name = entry.name

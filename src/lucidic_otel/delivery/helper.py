@@ -23,7 +23,8 @@ Protocol (the application is the parent; the agent reads its stdin, answers on i
 Lifecycle
     Started when the exporter is built (so that its start-up, about 0.1 s of CPU in the new
     process, is not in the middle of the application's work), or by
-    :func:`lucidic_otel.sender.notify` on the first write of a forked child, in its own session
+    :func:`~lucidic_otel.delivery.sender.notify`
+    on the first write of a forked child, in its own session
     (a Ctrl-C or a signal to the application's process group is the application's to handle;
     the application asks the agent to finish through the pipe). A forked child never uses its
     parent's agent: it closes its copies of the pipes and starts its own when it writes. It
@@ -51,9 +52,9 @@ import time
 from typing import Any, Dict, List, Mapping, Optional
 
 from lucidic_otel.config import Settings
-from lucidic_otel.store import Store
+from lucidic_otel.outbox.store import Store
 
-logger = logging.getLogger("lucidic_otel.agent")
+logger = logging.getLogger("lucidic_otel.delivery.helper")
 
 # The launcher puts its sitecustomize (auto-instrumentation) first on PYTHONPATH; the agent
 # must not instrument itself, or its own HTTP and SQLite calls would become spans.
@@ -63,7 +64,10 @@ _STOP_S = 0.5
 _POLL_S = 0.5  # how soon the command loop notices SIGTERM
 # ``python -c`` puts the working directory first on sys.path; a user's ``json.py`` or
 # ``http/`` there must not shadow the standard library in the process that holds the key.
-_BOOT = "import sys; del sys.path[0]; from lucidic_otel.agent import main; sys.exit(main())"
+_BOOT = (
+    "import sys; del sys.path[0]; "
+    "from lucidic_otel.delivery.helper import main; sys.exit(main())"
+)
 _NICENESS = 10
 # The agent's exit status when the store file cannot be used: the application then delivers
 # from threads, with its own store's memory fallback, and it is the one that warns.
@@ -404,7 +408,7 @@ def _reply(sender: Any, settled: bool) -> bytes:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """The agent process, started by the application (see the module docstring)."""
-    from lucidic_otel.sender import Sender
+    from lucidic_otel.delivery.sender import Sender
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)

@@ -18,11 +18,11 @@ from typing import Any, Dict, Optional, Tuple
 from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
-from lucidic_otel import launch
 from lucidic_otel.config import get_settings
-from lucidic_otel.processor import PROCESS_SESSION, LucidicSpanProcessor
-from lucidic_otel.propagation import env_has_carrier, extract_env, install_outbound_policy
-from lucidic_otel.shutdown import install_exit_handlers
+from lucidic_otel.launcher import origin as launch
+from lucidic_otel.launcher.exit import install_exit_handlers
+from lucidic_otel.sdk.processor import PROCESS_SESSION, LucidicSpanProcessor
+from lucidic_otel.sessions.propagation import env_has_carrier, extract_env, install_outbound_policy
 
 logger = logging.getLogger("lucidic_otel")
 
@@ -62,7 +62,7 @@ def has_session_processor(provider: TracerProvider) -> bool:
 
 def has_lucidic_pipeline(provider: TracerProvider) -> bool:
     """True when a processor on ``provider`` exports to a lucidic exporter."""
-    from lucidic_otel.exporter import LucidicSpanExporter
+    from lucidic_otel.sdk.exporter import LucidicSpanExporter
 
     return any(
         isinstance(getattr(p, "span_exporter", None), LucidicSpanExporter)
@@ -113,7 +113,7 @@ def _attach_pipeline(provider: TracerProvider, wanted: bool) -> Optional[str]:
         return None
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    from lucidic_otel.exporter import LucidicSpanExporter
+    from lucidic_otel.sdk.exporter import LucidicSpanExporter
 
     provider.add_span_processor(BatchSpanProcessor(LucidicSpanExporter()))
     return "lucidic-otel"

@@ -6,7 +6,8 @@ writes ``TRACEPARENT``/``TRACESTATE``/``BAGGAGE`` into the child's environment a
 started under the launcher, joins the context found there at start-up.
 
 Outbound, the global propagator is wrapped by the session-baggage policy
-(:mod:`lucidic_otel.egress`): the session entry goes to the application's own services and child
+(:mod:`~lucidic_otel.sessions.egress`):
+the session entry goes to the application's own services and child
 processes, not to LLM providers. With ``LUCIDIC_PROPAGATE=false`` it goes nowhere: sessions
 opened here never enter baggage then, and a service that *joined* a session (it keeps the
 inbound entry in its context, which is how its spans are stamped) does not forward it.
@@ -72,8 +73,8 @@ def env_has_carrier(env: Optional[MutableMapping[str, str]] = None) -> bool:
 
 def install_outbound_policy() -> bool:
     """Wrap the global propagator in the outbound session-baggage policy
-    (:mod:`lucidic_otel.egress`), once; True if it did."""
-    from lucidic_otel.egress import SessionBaggagePolicy
+    (:mod:`lucidic_otel.sessions.egress`), once; True if it did."""
+    from lucidic_otel.sessions.egress import SessionBaggagePolicy
 
     current = propagate.get_global_textmap()
     if isinstance(current, SessionBaggagePolicy):

@@ -20,7 +20,7 @@ How it works
     pool for a distant or struggling one), and while replies are fast it claims several items
     per worker so that one claim transaction serves many requests.
 
-Failures (the contract's status table, decided in :mod:`lucidic_otel.backend`)
+Failures (the contract's status table, decided in :mod:`lucidic_otel.delivery.contract`)
     Transient failures are retried with exponential backoff and jitter per item; a run of them
     (an outage) also pauses the whole sender, and ``Retry-After`` on 429/503 pauses it for as
     long as asked. A refused key (401/403), no credits (402) or a wrong base URL (3xx) stops
@@ -58,10 +58,10 @@ from urllib.parse import urlsplit
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from lucidic_otel import backend
-from lucidic_otel.agent import EXIT_STORE_UNUSABLE, DeliveryAgent
 from lucidic_otel.config import Settings
-from lucidic_otel.store import (
+from lucidic_otel.delivery import contract as backend
+from lucidic_otel.delivery.helper import EXIT_STORE_UNUSABLE, DeliveryAgent
+from lucidic_otel.outbox.store import (
     KIND_EVENT,
     KIND_SESSION_END,
     KIND_SESSION_INIT,
@@ -69,7 +69,7 @@ from lucidic_otel.store import (
     Store,
 )
 
-logger = logging.getLogger("lucidic_otel.sender")
+logger = logging.getLogger("lucidic_otel.delivery.sender")
 
 DEFAULT_WORKERS = 8
 DEFAULT_TIMEOUT_S = 5.0
@@ -1102,7 +1102,7 @@ def _parent_start(body: Mapping[str, Any]) -> Optional[Tuple[str, str]]:
 
 
 _lock = threading.Lock()
-# A thread Sender, or the handle of a delivery process (lucidic_otel.agent), per store path.
+# A thread Sender, or the handle of a delivery process (delivery.helper), per store path.
 _senders: Dict[str, Any] = {}
 _agent_failures = 0
 _AGENT_MAX_FAILURES = 3
@@ -1320,7 +1320,7 @@ def _install_exit_hook() -> None:
     if _hook_installed:
         return
     _hook_installed = True
-    from lucidic_otel.shutdown import add_exit_hook
+    from lucidic_otel.launcher.exit import add_exit_hook
 
     add_exit_hook(deliver_at_exit)
 

@@ -44,7 +44,7 @@ from opentelemetry.propagators.textmap import (
 from opentelemetry.trace import SpanKind, get_current_span
 
 from lucidic_otel.config import Settings, get_settings
-from lucidic_otel.context import BAGGAGE_KEY
+from lucidic_otel.sessions.context import BAGGAGE_KEY
 
 #: LLM providers and the Lucidic backend: session baggage is withheld from these hosts.
 PROVIDER_HOSTS: Tuple[str, ...] = (
@@ -217,7 +217,7 @@ class _Fast:
 
     @classmethod
     def load(cls) -> None:
-        from lucidic_otel.processor import BAGGAGE_CONTEXT_KEY, SDK_SPAN_TYPE
+        from lucidic_otel.sdk.processor import BAGGAGE_CONTEXT_KEY, SDK_SPAN_TYPE
 
         cls.baggage_key, cls.span_type, cls.loaded = BAGGAGE_CONTEXT_KEY, SDK_SPAN_TYPE, True
 

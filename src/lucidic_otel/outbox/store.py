@@ -73,7 +73,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 from lucidic_otel import gil
 
-logger = logging.getLogger("lucidic_otel.store")
+logger = logging.getLogger("lucidic_otel.outbox.store")
 
 SCHEMA_VERSION = 1
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
@@ -909,7 +909,7 @@ class Store:
         return seq
 
     def merge_llm_layer(self, merge: Any) -> bool:
-        """A late layer of an LLM call joined its event (``lucidic_otel.layers.LateMerge``).
+        """A late layer of an LLM call joined its event (``lucidic_otel.convert.layers.LateMerge``).
 
         The event keeps its id; its body is replaced while it is still pending (one that is
         already delivered keeps the body the backend has). The span holding it gets the

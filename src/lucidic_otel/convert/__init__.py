@@ -1,0 +1,1 @@
+"""Span to Lucidic event: pure functions, no I/O."""

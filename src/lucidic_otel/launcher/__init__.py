@@ -1,0 +1,1 @@
+"""Plugging into ``opentelemetry-instrument`` and ``init()``: distro, configurator, set-up, exit."""

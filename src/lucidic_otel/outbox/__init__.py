@@ -1,0 +1,1 @@
+"""The SQLite outbox: what was recorded and what is still to deliver."""

@@ -1,0 +1,1 @@
+"""Session scopes in the OpenTelemetry context: ids carried, trusted, propagated, opened, ended."""
