@@ -1109,7 +1109,6 @@ _AGENT_MAX_FAILURES = 3
 _exited = False  # deliver_at_exit ran in this process
 _owner_pid = os.getpid()
 _flushes: List[Callable[[], Optional[Callable[[], Any]]]] = []
-_hook_installed = False
 # A forked child keeps its parent's sender objects here, never using them: their threads do
 # not exist in the child and their sockets belong to the parent.
 _ABANDONED: List[Any] = []
@@ -1164,7 +1163,6 @@ def _start_delivery(store: Store, settings: Settings) -> Any:
                 agent = DeliveryAgent(store, settings)
                 if agent.start():
                     _senders[key] = agent
-                    _install_exit_hook()
                     return agent
                 _agent_failures += 1
     return process_sender(store, settings)
@@ -1207,7 +1205,6 @@ def process_sender(store: Store, settings: Settings) -> Sender:
         if sender is None:
             sender = Sender(store, settings)
             _senders[key] = sender
-            _install_exit_hook()
     sender.start()
     return sender
 
@@ -1225,7 +1222,6 @@ def register_flush(flush: Callable[[], Any]) -> None:
         ref = lambda: flush  # noqa: E731
     with _lock:
         _flushes.append(ref)
-        _install_exit_hook()
 
 
 @_untraced
@@ -1313,16 +1309,6 @@ def _parent_that_delivers(store: Any) -> Optional[int]:
     except Exception:  # noqa: BLE001 - unknown: warn as for any process
         logger.debug("lucidic-otel: could not check the parent process", exc_info=True)
     return None
-
-
-def _install_exit_hook() -> None:
-    global _hook_installed
-    if _hook_installed:
-        return
-    _hook_installed = True
-    from lucidic_otel.launcher.exit import add_exit_hook
-
-    add_exit_hook(deliver_at_exit)
 
 
 def _forget_after_fork() -> None:

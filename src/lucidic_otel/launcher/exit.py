@@ -27,27 +27,26 @@ from lucidic_otel.sessions.lifecycle import REGISTRY, flush_spans
 logger = logging.getLogger("lucidic_otel")
 
 _installed = False
-_exit_hooks: list[Callable[[float], None]] = []
 _original_os_exit: Optional[Callable[[int], Any]] = None
 
 
-def add_exit_hook(hook: Callable[[float], None]) -> None:
-    """Run ``hook(deadline_seconds)`` at exit, after sessions ended and spans were flushed.
-
-    The sender uses it to deliver what it can before the process goes.
-    """
-    _exit_hooks.append(hook)
-
-
 def finish(deadline_s: Optional[float] = None) -> None:
-    """End auto-end sessions after their spans, then run exit hooks. Never raises."""
+    """The exit sequence, in order; never raises.
+
+    1. End the auto-end sessions (their end records follow their spans).
+    2. Flush the span pipeline, so every finished span reached the exporter.
+    3. Deliver what the outbox holds within the deadline (only if this process started
+       delivery: the sender module is imported by the first sender, so an absent module means
+       there is nothing of ours to deliver).
+    """
     deadline = get_settings().exit_deadline_s if deadline_s is None else deadline_s
     try:
         REGISTRY.end_auto_sessions()
         REGISTRY.drain()
         flush_spans()
-        for hook in list(_exit_hooks):
-            hook(deadline)
+        delivery = sys.modules.get("lucidic_otel.delivery.sender")
+        if delivery is not None:
+            delivery.deliver_at_exit(deadline)
     except Exception:
         logger.exception("lucidic-otel: error while finishing at exit")
 
