@@ -1,5 +1,1 @@
-"""The ``lucidic-otel`` command: sessions, show, doctor, upload, ui, demo."""
-
-from lucidic_otel.cli.main import main
-
-__all__ = ["main"]
+"""The ``lucidic-otel`` command (``cli.main``): sessions, show, doctor, upload, ui, demo."""
