@@ -7,7 +7,7 @@ end the span. Pipelines share one SDK provider (a BatchSpanProcessor with a null
 the session processor); only the propagator differs:
 
   (a) stock ``tracecontext,baggage``: the baseline;
-  (b) the same, wrapped by the policy (:class:`lucidic_otel.sessions.egress.SessionBaggagePolicy`).
+  (b) the same, wrapped by the policy (:class:`lucidic_otel.sdk.egress.SessionBaggagePolicy`).
 
 Inputs: no session in the context (the policy must cost nothing measurable); a session, to an
 own host (sent); a session inside an LLM client call (withheld); a session with an allow-list
@@ -43,7 +43,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from lucidic_otel.config import load_settings
 from lucidic_otel.sdk.processor import LucidicSpanProcessor
 from lucidic_otel.sessions.context import BAGGAGE_KEY, context_with_session
-from lucidic_otel.sessions.egress import OutboundPolicy, SessionBaggagePolicy
+from lucidic_otel.sdk.egress import OutboundPolicy, SessionBaggagePolicy
 
 SID = "bench-session-0001"
 OWN = {"url.full": "http://orders.internal:8080/v1/orders", "server.address": "orders.internal"}

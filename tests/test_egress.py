@@ -32,15 +32,15 @@ from support.launcher import (
 
 from lucidic_otel.config import load_settings
 from lucidic_otel.outbox.store import Store
-from lucidic_otel.sdk.processor import LucidicSpanProcessor
-from lucidic_otel.sessions.context import BAGGAGE_KEY
-from lucidic_otel.sessions.egress import (
+from lucidic_otel.sdk.egress import (
     LLM_CALLS,
     PROVIDER_HOSTS,
     OutboundPolicy,
     SessionBaggagePolicy,
     destination,
 )
+from lucidic_otel.sdk.processor import LucidicSpanProcessor
+from lucidic_otel.sessions.context import BAGGAGE_KEY
 from lucidic_otel.sessions.propagation import inject_env
 
 SESSION = "egress-1"
@@ -309,6 +309,6 @@ def test_doctor_shows_the_effective_outbound_policy(
     ],
 )
 def test_the_destination_of_a_url(url: str, expected) -> None:
-    from lucidic_otel.sessions.egress import _netloc
+    from lucidic_otel.sdk.egress import _netloc
 
     assert _netloc(url) == expected

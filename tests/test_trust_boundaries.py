@@ -42,10 +42,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from lucidic_otel.config import load_settings, reset_settings
 from lucidic_otel.ids import sign_session_id
 from lucidic_otel.outbox.store import Store
+from lucidic_otel.sdk.egress import OutboundPolicy, SessionBaggagePolicy, install_outbound_policy
 from lucidic_otel.sdk.processor import PROCESS_SESSION, LucidicSpanProcessor
 from lucidic_otel.sessions.context import BAGGAGE_KEY, SESSION_ATTRIBUTE, context_with_session
-from lucidic_otel.sessions.egress import OutboundPolicy, SessionBaggagePolicy
-from lucidic_otel.sessions.propagation import install_outbound_policy
 from tests.support.launcher import (
     clean_env,
     run_instrumented,

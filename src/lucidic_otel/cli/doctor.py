@@ -46,7 +46,7 @@ from lucidic_otel.outbox.store import (
     default_store_path,
     store_path_problem,
 )
-from lucidic_otel.sessions.egress import OutboundPolicy
+from lucidic_otel.sdk.egress import OutboundPolicy
 from lucidic_otel.version import __version__
 
 PROPAGATORS_VARIABLE = "OTEL_PROPAGATORS"

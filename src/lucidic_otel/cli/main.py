@@ -615,7 +615,7 @@ def _print_doctor(report: Dict[str, Any]) -> None:
 
 
 def _outbound_line(policy: Dict[str, Any]) -> str:
-    """The outbound session-baggage policy in one line (rules: lucidic_otel.sessions.egress)."""
+    """The outbound session-baggage policy in one line (rules: lucidic_otel.sdk.egress)."""
     if policy["session_baggage"] == "off":
         return "never sent (LUCIDIC_PROPAGATE=false), not even to child processes"
     parts = []

@@ -21,8 +21,9 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from lucidic_otel.config import get_settings
 from lucidic_otel.launcher import origin as launch
 from lucidic_otel.launcher.exit import install_exit_handlers
+from lucidic_otel.sdk.egress import install_outbound_policy
 from lucidic_otel.sdk.processor import PROCESS_SESSION, LucidicSpanProcessor
-from lucidic_otel.sessions.propagation import env_has_carrier, extract_env, install_outbound_policy
+from lucidic_otel.sessions.propagation import env_has_carrier, extract_env
 
 logger = logging.getLogger("lucidic_otel")
 

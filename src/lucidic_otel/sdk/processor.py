@@ -32,13 +32,13 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import get_current_span
 
 from lucidic_otel.config import Settings, get_settings
+from lucidic_otel.sdk.egress import LLM_CALLS
 from lucidic_otel.sessions.context import (
     BAGGAGE_KEY,
     SEMCONV_SESSION_ATTRIBUTE,
     SESSION_ATTRIBUTE,
     SESSION_KEY,
 )
-from lucidic_otel.sessions.egress import LLM_CALLS
 from lucidic_otel.sessions.trust import BaggageTrust
 
 logger = logging.getLogger("lucidic_otel")

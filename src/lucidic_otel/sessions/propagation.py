@@ -6,7 +6,7 @@ writes ``TRACEPARENT``/``TRACESTATE``/``BAGGAGE`` into the child's environment a
 started under the launcher, joins the context found there at start-up.
 
 Outbound, the global propagator is wrapped by the session-baggage policy
-(:mod:`~lucidic_otel.sessions.egress`):
+(:mod:`~lucidic_otel.sdk.egress`):
 the session entry goes to the application's own services and child
 processes, not to LLM providers. With ``LUCIDIC_PROPAGATE=false`` it goes nowhere: sessions
 opened here never enter baggage then, and a service that *joined* a session (it keeps the
@@ -69,15 +69,3 @@ def extract_env(
 def env_has_carrier(env: Optional[MutableMapping[str, str]] = None) -> bool:
     source = os.environ if env is None else env
     return any(name in source for name in CARRIER_VARIABLES)
-
-
-def install_outbound_policy() -> bool:
-    """Wrap the global propagator in the outbound session-baggage policy
-    (:mod:`lucidic_otel.sessions.egress`), once; True if it did."""
-    from lucidic_otel.sessions.egress import SessionBaggagePolicy
-
-    current = propagate.get_global_textmap()
-    if isinstance(current, SessionBaggagePolicy):
-        return False
-    propagate.set_global_textmap(SessionBaggagePolicy(current))
-    return True

@@ -31,7 +31,7 @@ import threading
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
-from opentelemetry import baggage
+from opentelemetry import baggage, propagate
 from opentelemetry.context import Context, get_current
 from opentelemetry.propagators.textmap import (
     CarrierT,
@@ -346,3 +346,13 @@ class SessionBaggagePolicy(TextMapPropagator):
     @property
     def fields(self) -> set:
         return self.inner.fields
+
+
+def install_outbound_policy() -> bool:
+    """Wrap the global propagator in the outbound session-baggage policy
+    (:class:`SessionBaggagePolicy`), once; True if it did."""
+    current = propagate.get_global_textmap()
+    if isinstance(current, SessionBaggagePolicy):
+        return False
+    propagate.set_global_textmap(SessionBaggagePolicy(current))
+    return True
