@@ -370,7 +370,7 @@ def test_get_settings_caches_and_logs_problems_once(
         second = get_settings()
     assert first is second
     assert first.auto_end is True
-    messages = [r.getMessage() for r in caplog.records if r.name == "lucidic_otel"]
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("lucidic_otel")]
     assert len(messages) == 1
     assert "LUCIDIC_AUTO_END='sometimes'" in messages[0]
 
@@ -438,3 +438,23 @@ def test_settings_are_immutable() -> None:
 def test_module_cache_is_what_get_settings_returns(monkeypatch: pytest.MonkeyPatch) -> None:
     loaded = get_settings()
     assert config._settings is loaded
+
+
+def test_every_variable_is_named_once_read_by_the_reader_and_documented() -> None:
+    """environment_variables lists each LUCIDIC_* name once; config reads each through it; the
+    README's table documents exactly that list."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    from lucidic_otel import config, environment_variables
+
+    names = environment_variables.ALL
+    assert len(set(names)) == len(names)
+    assert all(getattr(environment_variables, n) == n for n in names)
+    reader = inspect.getsource(config.load_settings)
+    assert not re.search(r'r\.\w+\("LUCIDIC_', reader), "the reader spells a name literally"
+    assert {n for n in names if f"ev.{n}" in reader} == set(names)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    documented = re.findall(r"^\| `(LUCIDIC_[A-Z_]+)` \|", readme, flags=re.M)
+    assert documented == list(names)

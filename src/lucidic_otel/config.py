@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
+from lucidic_otel import environment_variables as ev
 from lucidic_otel.ids import session_id_error
 
-logger = logging.getLogger("lucidic_otel")
+logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://backend.lucidic.ai/api"
 REGION_BASE_URLS = {
@@ -211,15 +212,20 @@ class _Reader:
         return value
 
 
+_MB = 1024 * 1024
+# Each default is written once, on the Settings fields; the reader takes them from here.
+_DEFAULTS = Settings()
+
+
 def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
     """Read every ``LUCIDIC_*`` variable from ``env`` (default: ``os.environ``).
 
     Problems are collected in ``Settings.problems``; :func:`get_settings` logs them once.
     """
     r = _Reader(os.environ if env is None else env)
-    strict = r.strict = r.boolean("LUCIDIC_STRICT", False)
-    trust = r.choice("LUCIDIC_BAGGAGE_TRUST", "accept", TRUST_MODES)
-    secret_text = r.raw("LUCIDIC_BAGGAGE_SECRET")
+    strict = r.strict = r.boolean(ev.LUCIDIC_STRICT, _DEFAULTS.strict)
+    trust = r.choice(ev.LUCIDIC_BAGGAGE_TRUST, _DEFAULTS.baggage_trust, TRUST_MODES)
+    secret_text = r.raw(ev.LUCIDIC_BAGGAGE_SECRET)
     # surrogateescape gives back the exact bytes of a secret that is not valid UTF-8.
     secret = secret_text.encode("utf-8", "surrogateescape") if secret_text else None
     if trust == "signed" and (secret is None or len(secret) < 16):
@@ -230,44 +236,47 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
         )
         secret = None
 
-    base_url = r.raw("LUCIDIC_BASE_URL")
+    base_url = r.raw(ev.LUCIDIC_BASE_URL)
     if base_url is not None and not base_url.startswith(("http://", "https://")):
-        r.bad("LUCIDIC_BASE_URL", base_url, "an http:// or https:// URL", DEFAULT_BASE_URL)
+        r.bad(ev.LUCIDIC_BASE_URL, base_url, "an http:// or https:// URL", DEFAULT_BASE_URL)
         base_url = None
-    region = r.choice("LUCIDIC_REGION", "us", tuple(REGION_BASE_URLS))
+    region = r.choice(ev.LUCIDIC_REGION, "us", tuple(REGION_BASE_URLS))
     resolved_url = (base_url or REGION_BASE_URLS[region]).rstrip("/")
 
-    store_path_text = r.raw("LUCIDIC_STORE_PATH")
+    store_path_text = r.raw(ev.LUCIDIC_STORE_PATH)
     store_path: Optional[Path] = None
     if store_path_text:
         try:
             store_path = Path(store_path_text).expanduser()
         except (RuntimeError, ValueError):  # "~unknown-user/..." or a NUL byte
-            r.bad("LUCIDIC_STORE_PATH", store_path_text, "a file path", "the default location")
+            r.bad(ev.LUCIDIC_STORE_PATH, store_path_text, "a file path", "the default location")
     settings = Settings(
-        api_key=r.secret("LUCIDIC_API_KEY"),
-        agent_id=r.text("LUCIDIC_AGENT_ID", 256),
-        session_id=r.session_id("LUCIDIC_SESSION_ID"),
-        session_name=r.text("LUCIDIC_SESSION_NAME", 1024),
-        auto_end=r.boolean("LUCIDIC_AUTO_END", True),
+        api_key=r.secret(ev.LUCIDIC_API_KEY),
+        agent_id=r.text(ev.LUCIDIC_AGENT_ID, 256),
+        session_id=r.session_id(ev.LUCIDIC_SESSION_ID),
+        session_name=r.text(ev.LUCIDIC_SESSION_NAME, 1024),
+        auto_end=r.boolean(ev.LUCIDIC_AUTO_END, _DEFAULTS.auto_end),
         baggage_trust=trust,
         baggage_secret=secret,
-        propagate=r.boolean("LUCIDIC_PROPAGATE", True),
-        propagate_to=r.host_patterns("LUCIDIC_PROPAGATE_TO"),
-        propagate_deny=r.host_patterns("LUCIDIC_PROPAGATE_DENY") or (),
-        flush_on_sigterm=r.boolean("LUCIDIC_FLUSH_ON_SIGTERM", True),
-        flush_on_fork_exit=r.boolean("LUCIDIC_FLUSH_ON_FORK_EXIT", True),
-        capture_content=r.boolean("LUCIDIC_CAPTURE_CONTENT", True),
+        propagate=r.boolean(ev.LUCIDIC_PROPAGATE, _DEFAULTS.propagate),
+        propagate_to=r.host_patterns(ev.LUCIDIC_PROPAGATE_TO),
+        propagate_deny=r.host_patterns(ev.LUCIDIC_PROPAGATE_DENY) or (),
+        flush_on_sigterm=r.boolean(ev.LUCIDIC_FLUSH_ON_SIGTERM, _DEFAULTS.flush_on_sigterm),
+        flush_on_fork_exit=r.boolean(ev.LUCIDIC_FLUSH_ON_FORK_EXIT, _DEFAULTS.flush_on_fork_exit),
+        capture_content=r.boolean(ev.LUCIDIC_CAPTURE_CONTENT, _DEFAULTS.capture_content),
         store_path=store_path,
-        store_max_bytes=r.number("LUCIDIC_STORE_MAX_MB", 512, int, 1, 1_000_000, "megabytes")
-        * 1024
-        * 1024,
+        store_max_bytes=r.number(
+            ev.LUCIDIC_STORE_MAX_MB, _DEFAULTS.store_max_bytes // _MB, int, 1, 1_000_000,
+            "megabytes",
+        ) * _MB,
         base_url=resolved_url,
         blob_threshold=r.number(
-            "LUCIDIC_BLOB_THRESHOLD", 65536, int, 1024, 64 * 1024 * 1024, "bytes"
+            ev.LUCIDIC_BLOB_THRESHOLD, _DEFAULTS.blob_threshold, int, 1024, 64 * _MB, "bytes"
         ),
-        exit_deadline_s=r.number("LUCIDIC_EXIT_DEADLINE", 5.0, float, 0, 600, "seconds"),
-        delivery=r.choice("LUCIDIC_DELIVERY", "process", DELIVERY_MODES),
+        exit_deadline_s=r.number(
+            ev.LUCIDIC_EXIT_DEADLINE, _DEFAULTS.exit_deadline_s, float, 0, 600, "seconds"
+        ),
+        delivery=r.choice(ev.LUCIDIC_DELIVERY, _DEFAULTS.delivery, DELIVERY_MODES),
         strict=strict,
         problems=tuple(r.problems),
     )
