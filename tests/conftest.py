@@ -9,7 +9,7 @@ from typing import Iterator
 import pytest
 from opentelemetry.context import Context, attach, detach
 
-from lucidic_otel import api
+from lucidic_otel import _diagnostics, api
 from lucidic_otel.config import reset_settings
 from lucidic_otel.launcher import bootstrap
 from lucidic_otel.sdk.processor import PROCESS_SESSION
@@ -37,3 +37,22 @@ def lucidic_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         REGISTRY.drain()
         JOURNAL.drain()
         reset_settings()
+
+
+@pytest.fixture(autouse=True)
+def _swallowed_bugs_fail_the_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The never-raise boundary (``lucidic_otel._diagnostics``) keeps the application running
+    whatever we get wrong; under the suite, a programming error it swallowed fails the test
+    instead of hiding in a log line. Tests that provoke one on purpose are marked ``swallows``."""
+    _diagnostics.reset()
+    _diagnostics.record_swallowed(True)
+    try:
+        yield
+    finally:
+        caught = [(what, exc) for what, exc in _diagnostics.swallowed
+                  if isinstance(exc, _diagnostics.PROGRAMMING_ERRORS)]
+        _diagnostics.record_swallowed(False)
+        if caught and request.node.get_closest_marker("swallows") is None:
+            what, exc = caught[0]
+            pytest.fail(f"lucidic-otel swallowed a programming error while {what}: {exc!r}",
+                        pytrace=False)
