@@ -14,12 +14,13 @@ Exit status: 0 when nothing is left pending and nothing was rejected in this run
 from __future__ import annotations
 
 import json
-import os
+import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, TextIO
 
+from lucidic_otel.cli.store_access import store_path_for
 from lucidic_otel.config import DEFAULT_UPLOAD_DEADLINE_S, load_settings
 from lucidic_otel.delivery.sender import DeliveryStats, Sender
 from lucidic_otel.outbox.store import (
@@ -28,8 +29,9 @@ from lucidic_otel.outbox.store import (
     KIND_SESSION_INIT,
     STATE_PENDING,
     Store,
-    default_store_path,
 )
+
+logger = logging.getLogger(__name__)
 
 _KIND_NAMES = {
     KIND_SESSION_INIT: "session starts",
@@ -56,11 +58,7 @@ def run(args: Any) -> int:
         )
         return 2
     store_arg = getattr(args, "store", None)
-    path = (
-        Path(store_arg).expanduser()
-        if store_arg
-        else (settings.store_path or default_store_path(os.environ))
-    )
+    path = store_path_for(settings, store_arg or None)
     deadline = getattr(args, "deadline", None)
     deadline = DEFAULT_UPLOAD_DEADLINE_S if deadline is None else max(0.0, float(deadline))
     as_json = bool(getattr(args, "json", False))

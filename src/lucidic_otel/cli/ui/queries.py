@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import quote
 
-from lucidic_otel.cli.doctor import StoreUnreadableError, probe_store
+from lucidic_otel.cli.store_access import StoreUnreadableError, probe_store
 from lucidic_otel.outbox.store import _session_dict as _store_session_dict
 from lucidic_otel.outbox.store import status_text
+
+logger = logging.getLogger(__name__)
 
 _TIMEOUT_S = 2.0
 _SESSION_COLUMNS = (

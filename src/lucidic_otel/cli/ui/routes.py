@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, quote, unquote
 
-from lucidic_otel.cli.doctor import StoreUnreadableError, session_ids_with_prefix
+from lucidic_otel.cli.store_access import StoreUnreadableError, session_ids_with_prefix
 from lucidic_otel.cli.ui.queries import ReadOnlyStore, StoreProblemError
 from lucidic_otel.cli.ui.views import span_detail, waterfall
 from lucidic_otel.version import __version__
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 500

@@ -11,7 +11,10 @@ literal it is reachable at (or ``localhost`` for a loopback bind), with its own 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from typing import Optional, Tuple
+
+logger = logging.getLogger(__name__)
 
 LOOPBACK_NAMES = ("localhost",)
 WILDCARDS = ("0.0.0.0", "::")

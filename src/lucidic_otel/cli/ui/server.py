@@ -13,6 +13,7 @@ even a hostile span name rendered by mistake could not load or send anything.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import socket
@@ -24,11 +25,13 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import quote
 
-from lucidic_otel.cli.doctor import StoreUnreadableError, probe_store
+from lucidic_otel.cli.store_access import StoreUnreadableError, probe_store
 from lucidic_otel.cli.ui.queries import ReadOnlyStore
 from lucidic_otel.cli.ui.routes import Response, Routes, error_page, json_response, load_static
 from lucidic_otel.cli.ui.safety import WILDCARDS, host_allowed, is_loopback
 from lucidic_otel.version import __version__
+
+logger = logging.getLogger(__name__)
 
 PROG = "lucidic-otel ui"
 DEFAULT_HOST = "127.0.0.1"

@@ -14,7 +14,12 @@ Both are made from what was stored, so with content capture off there is no cont
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, List, Optional, Tuple
+
+from lucidic_otel.cli.stored_event import event_from_stored
+
+logger = logging.getLogger(__name__)
 
 _ENTRY_KINDS = ("SERVER", "CONSUMER")
 
@@ -32,9 +37,11 @@ FLAG_ERROR, FLAG_LLM, FLAG_TOOL, FLAG_ENTRY = 1, 2, 4, 8
  _MODEL, _IN, _OUT, _COST, _EXCEPTION) = range(16)
 
 
-def waterfall(spans: List[tuple]) -> Dict[str, Any]:
-    """Rows for the waterfall (depth first, with depth and marks; see ``COLUMNS``), the
-    traces and services they point into by index, and the time axis."""
+def _tree(spans: List[tuple]) -> Tuple[Dict[Tuple[str, str], tuple],
+                                      Dict[Tuple[str, str], List[tuple]],
+                                      Dict[str, List[tuple]]]:
+    """The spans by key, the children of each stored span, and the roots of each trace (a
+    span whose parent is not stored here is a root)."""
     by_key = {(s[_TRACE], s[_SPAN]): s for s in spans}
     children: Dict[Tuple[str, str], List[tuple]] = {}
     roots: Dict[str, List[tuple]] = {}
@@ -44,10 +51,23 @@ def waterfall(spans: List[tuple]) -> Dict[str, Any]:
             children.setdefault(parent, []).append(span)
         else:
             roots.setdefault(span[_TRACE], []).append(span)
+    return by_key, children, roots
+
+
+def _time_axis(spans: List[tuple]) -> Tuple[int, int]:
+    """The first start and the last end of the session's spans, in epoch nanoseconds."""
     starts = [s[_START] for s in spans if s[_START]]
     ends = [s[_END] for s in spans if s[_END]]
     origin = min(starts) if starts else 0
     finish = max(ends) if ends else origin
+    return origin, finish
+
+
+def waterfall(spans: List[tuple]) -> Dict[str, Any]:
+    """Rows for the waterfall (depth first, with depth and marks; see ``COLUMNS``), the
+    traces and services they point into by index, and the time axis."""
+    by_key, children, roots = _tree(spans)
+    origin, finish = _time_axis(spans)
     services = sorted({s[_SERVICE] or "?" for s in spans})
     service_index = {name: i for i, name in enumerate(services)}
     traces = sorted(roots.items(), key=lambda item: min(s[_START] or 0 for s in item[1]))
@@ -83,6 +103,20 @@ def waterfall(spans: List[tuple]) -> Dict[str, Any]:
     }
 
 
+def _flags(span: tuple, parent: Optional[tuple], first_root: bool, kind: str) -> int:
+    """The row's marks: error, LLM call or tool call, and entry into the session."""
+    flags = 0
+    if span[_STATUS] == "ERROR" or span[_EXCEPTION]:
+        flags |= FLAG_ERROR
+    if span[_EVENT_TYPE] == "llm_generation" or span[_MODEL] is not None:
+        flags |= FLAG_LLM
+    elif span[_EVENT_TYPE] == "function_call":
+        flags |= FLAG_TOOL
+    if parent is None and (first_root or kind in _ENTRY_KINDS):
+        flags |= FLAG_ENTRY
+    return flags
+
+
 def _row(
     span: tuple,
     depth: int,
@@ -101,21 +135,48 @@ def _row(
     if parent is not None and (parent[_SERVICE] or "?") != service:
         via = service_index[parent[_SERVICE] or "?"]
     kind = span[_KIND] or "INTERNAL"
-    flags = 0
-    if span[_STATUS] == "ERROR" or span[_EXCEPTION]:
-        flags |= FLAG_ERROR
-    if span[_EVENT_TYPE] == "llm_generation" or span[_MODEL] is not None:
-        flags |= FLAG_LLM
-    elif span[_EVENT_TYPE] == "function_call":
-        flags |= FLAG_TOOL
-    if parent is None and (first_root or kind in _ENTRY_KINDS):
-        flags |= FLAG_ENTRY
     return [
         span[_SPAN], trace_no, parent_row, depth, span[_NAME], kind, service_index[service],
         span[_PID], max(0, (start - origin) // 1000) if start else 0,
-        max(0, (end - start) // 1000) if start and end else 0, span[_STATUS] or "UNSET", flags,
+        max(0, (end - start) // 1000) if start and end else 0, span[_STATUS] or "UNSET",
+        _flags(span, parent, first_root, kind),
         span[_MODEL], span[_IN], span[_OUT], span[_COST],
         parent_id if parent_id and parent is None else None, via,
+    ]
+
+
+def _is_llm(span: Dict[str, Any]) -> bool:
+    return span["event_type"] == "llm_generation" or span["model"] is not None
+
+
+def _llm_view(span: Dict[str, Any], payload: Dict[str, Any]) -> Dict[str, Any]:
+    request = payload.get("request") or {}
+    response = payload.get("response") or {}
+    usage = payload.get("usage") or {}
+    return {
+        "provider": request.get("provider"),
+        "model": span["model"] or request.get("model"),
+        "messages": request.get("messages") or [],
+        "output": response.get("output"),
+        "tool_calls": response.get("tool_calls") or [],
+        "input_tokens": _first(span["input_tokens"], usage.get("input_tokens")),
+        "output_tokens": _first(span["output_tokens"], usage.get("output_tokens")),
+        "cost": _first(span["cost"], usage.get("cost")),
+        "params": request.get("params") or {},
+    }
+
+
+def _exceptions(span: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The exceptions recorded on the span: type, message, traceback."""
+    if not isinstance(span["events"], list):
+        return []
+    return [
+        {
+            "type": (e.get("attributes") or {}).get("exception.type"),
+            "message": (e.get("attributes") or {}).get("exception.message"),
+            "traceback": (e.get("attributes") or {}).get("exception.stacktrace"),
+        }
+        for e in span["events"] if isinstance(e, dict) and e.get("name") == "exception"
     ]
 
 
@@ -128,35 +189,15 @@ def span_detail(span: Dict[str, Any], event: Optional[Dict[str, Any]]) -> Dict[s
     payload = (event or {}).get("payload") or {}
     detail: Dict[str, Any] = {"span": span, "event_type": (event or {}).get("type"),
                               "llm": None, "tool": None}
-    if span["event_type"] == "llm_generation" or span["model"] is not None:
-        request = payload.get("request") or {}
-        response = payload.get("response") or {}
-        usage = payload.get("usage") or {}
-        detail["llm"] = {
-            "provider": request.get("provider"),
-            "model": span["model"] or request.get("model"),
-            "messages": request.get("messages") or [],
-            "output": response.get("output"),
-            "tool_calls": response.get("tool_calls") or [],
-            "input_tokens": _first(span["input_tokens"], usage.get("input_tokens")),
-            "output_tokens": _first(span["output_tokens"], usage.get("output_tokens")),
-            "cost": _first(span["cost"], usage.get("cost")),
-            "params": request.get("params") or {},
-        }
+    if _is_llm(span):
+        detail["llm"] = _llm_view(span, payload)
     elif span["event_type"] == "function_call":
         detail["tool"] = {
             "name": payload.get("function_name"),
             "arguments": payload.get("arguments"),
             "result": payload.get("return_value"),
         }
-    detail["exceptions"] = [
-        {
-            "type": (e.get("attributes") or {}).get("exception.type"),
-            "message": (e.get("attributes") or {}).get("exception.message"),
-            "traceback": (e.get("attributes") or {}).get("exception.stacktrace"),
-        }
-        for e in span["events"] if isinstance(e, dict) and e.get("name") == "exception"
-    ] if isinstance(span["events"], list) else []
+    detail["exceptions"] = _exceptions(span)
     return detail
 
 
@@ -168,25 +209,9 @@ def _event_from_attributes(span: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """The Lucidic event rebuilt from the stored attributes (when the outbox no longer holds
     it), by the exporter's conversion, so every GenAI attribute shape is understood."""
     try:
-        from opentelemetry.sdk.trace import Event, ReadableSpan
-        from opentelemetry.trace import SpanContext, Status, StatusCode
-
-        from lucidic_otel.convert.events import span_to_event
-
-        context = SpanContext(int(span["trace_id"], 16), int(span["span_id"], 16), False)
-        events = span["events"] if isinstance(span["events"], list) else []
-        readable = ReadableSpan(
-            name=span["name"],
-            context=context,
-            attributes=span["attributes"] if isinstance(span["attributes"], dict) else {},
-            events=[
-                Event(e.get("name", ""), e.get("attributes") or {}, e.get("time_ns"))
-                for e in events if isinstance(e, dict)
-            ],
-            status=Status(StatusCode[span["status_code"] or "UNSET"], span["status_message"]),
-            start_time=span["start_ns"],
-            end_time=span["end_ns"],
-        )
-        return span_to_event(readable, "-", None)
-    except Exception:  # noqa: BLE001 - a view of a malformed row is best-effort
+        fields = {name: span[name] for name in (
+            "name", "trace_id", "span_id", "attributes", "events", "status_code",
+            "status_message", "start_ns", "end_ns")}
+    except (KeyError, TypeError):  # a row without these fields: nothing to rebuild
         return None
+    return event_from_stored(**fields)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lucidic_otel.cli import main as cli
 from lucidic_otel.cli.doctor import diagnose
+from lucidic_otel.cli.doctor_view import print_doctor
 
 pytest.importorskip("anthropic._tracing")
 pytest.importorskip("opentelemetry.instrumentation.genai.anthropic")
@@ -24,7 +24,7 @@ def test_both_anthropic_layers_are_noted(monkeypatch, tmp_path, capsys):
     assert "opentelemetry-instrumentation-genai-anthropic" in entry["instrumented_by"]
     (note,) = [n for n in report["notes"] if "traces its own calls" in n]
     assert "ANTHROPIC_OPEN_TELEMETRY=false" in note and "one llm_generation event" in note
-    cli._print_doctor(report)
+    print_doctor(report)
     assert "anthropic.messages.create" in capsys.readouterr().out
 
 

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
-from support.contract_server import ContractServer
-from support.launcher import clean_env, run_instrumented, write_script
 
 from lucidic_otel.cli import main as cli
 from lucidic_otel.outbox.store import Store
+from tests.support.contract_server import ContractServer
+from tests.support.launcher import clean_env, run_instrumented, write_script
 
 BIN = Path(sys.executable).parent
 CLI = BIN / "lucidic-otel"

@@ -22,8 +22,7 @@ import pytest
 
 from lucidic_otel.cli.ui.routes import load_static
 from lucidic_otel.outbox.store import SCHEMA_VERSION, Store
-from tests.support.launcher import clean_env, run_instrumented, spawn_instrumented, stop
-from tests.ui_support import (
+from tests.cli.ui_support import (
     CLI,
     Viewer,
     chrome,
@@ -31,6 +30,7 @@ from tests.ui_support import (
     save_screenshot,
     store_fingerprint,
 )
+from tests.support.launcher import clean_env, run_instrumented, spawn_instrumented, stop
 
 DEMO_TIMEOUT_S = 180
 WAIT_S = 30
@@ -140,8 +140,8 @@ def test_static_files_ship_as_package_data() -> None:
     folder = resources.files("lucidic_otel.cli.ui").joinpath("static")
     assert STATIC_FILES <= {entry.name for entry in folder.iterdir()}
     assert STATIC_FILES <= set(load_static())
-    pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text(encoding="utf-8")
-    assert re.search(r'"lucidic_otel\.ui"\s*=\s*\[\s*"static/\*', pyproject), (
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text(encoding="utf-8")
+    assert re.search(r'"lucidic_otel\.cli\.ui"\s*=\s*\[\s*"static/\*', pyproject), (
         "pyproject.toml must list the viewer's static files as package data")
 
 
