@@ -1,4 +1,4 @@
-"""Out-of-process delivery: the sender runs in a helper process, off the application's GIL.
+"""Out-of-process delivery, the application's side: start the helper process and talk to it.
 
 Why a process
     Every delivery is one HTTP request per event (the contract has no batch endpoint), and
@@ -23,7 +23,7 @@ Protocol (the application is the parent; the agent reads its stdin, answers on i
 Lifecycle
     Started when the exporter is built (so that its start-up, about 0.1 s of CPU in the new
     process, is not in the middle of the application's work), or by
-    :func:`~lucidic_otel.delivery.sender.notify`
+    :func:`~lucidic_otel.delivery.supervisor.notify`
     on the first write of a forked child, in its own session
     (a Ctrl-C or a signal to the application's process group is the application's to handle;
     the application asks the agent to finish through the pipe). A forked child never uses its
@@ -36,6 +36,9 @@ Lifecycle
     uWSGI whose ``sys.executable`` is not a Python, or the start fails), delivery falls back to
     sender threads in the application and says so once; so does a helper that dies, up to
     three times. ``LUCIDIC_DELIVERY=thread`` selects threads on purpose.
+
+This module is the application's side (:class:`DeliveryAgent`); the helper process runs
+:mod:`lucidic_otel.delivery.helper_main`, which is the only side that imports the sender.
 """
 
 from __future__ import annotations
@@ -44,31 +47,28 @@ import json
 import logging
 import os
 import select
-import signal
 import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from lucidic_otel.config import Settings
 from lucidic_otel.outbox.store import Store
 
-logger = logging.getLogger("lucidic_otel.delivery.helper")
+logger = logging.getLogger(__name__)
 
 # The launcher puts its sitecustomize (auto-instrumentation) first on PYTHONPATH; the agent
 # must not instrument itself, or its own HTTP and SQLite calls would become spans.
 _AUTO_INSTRUMENTATION_DIR = os.path.join("opentelemetry", "instrumentation", "auto_instrumentation")
 _REPLY_MARGIN_S = 2.0  # the agent's stop after a drain, and its start if it was still starting
-_STOP_S = 0.5
-_POLL_S = 0.5  # how soon the command loop notices SIGTERM
+STOP_S = 0.5  # how long the helper's sender gets to record what is in flight
 # ``python -c`` puts the working directory first on sys.path; a user's ``json.py`` or
 # ``http/`` there must not shadow the standard library in the process that holds the key.
 _BOOT = (
     "import sys; del sys.path[0]; "
-    "from lucidic_otel.delivery.helper import main; sys.exit(main())"
+    "from lucidic_otel.delivery.helper_main import main; sys.exit(main())"
 )
-_NICENESS = 10
 # The agent's exit status when the store file cannot be used: the application then delivers
 # from threads, with its own store's memory fallback, and it is the one that warns.
 EXIT_STORE_UNUSABLE = 75
@@ -126,15 +126,7 @@ class DeliveryAgent:
                 "delivering from threads in this process", sys.executable,
             )
             return False
-        config = {
-            "store": str(self._store.path),
-            "max_bytes": self._store.max_bytes,
-            "api_key": self._settings.api_key,
-            "agent_id": self._settings.agent_id,
-            "base_url": self._settings.base_url,
-            "blob_threshold": self._settings.blob_threshold,
-            "exit_deadline_s": self._settings.exit_deadline_s,
-        }
+        config = helper_config(self._store, self._settings)
         proc: Optional[subprocess.Popen] = None
         try:
             proc = subprocess.Popen(
@@ -190,7 +182,7 @@ class DeliveryAgent:
                     reply = self._read_reply(deadline_s + _REPLY_MARGIN_S)
                 self._dead = True
         self.last_reply = reply
-        self._close(wait_s=0.0 if stop else _STOP_S)
+        self._close(wait_s=0.0 if stop else STOP_S)
         return reply
 
     def forget(self) -> None:
@@ -268,6 +260,20 @@ class DeliveryAgent:
             pass  # it ends by itself once its own deadline passes
 
 
+def helper_config(store: Store, settings: Settings) -> Dict[str, Any]:
+    """The first line the helper reads: what it needs to deliver ``store`` as this process
+    would (read back by :func:`lucidic_otel.delivery.helper_main.settings_from`)."""
+    return {
+        "store": str(store.path),
+        "max_bytes": store.max_bytes,
+        "api_key": settings.api_key,
+        "agent_id": settings.agent_id,
+        "base_url": settings.base_url,
+        "blob_threshold": settings.blob_threshold,
+        "exit_deadline_s": settings.exit_deadline_s,
+    }
+
+
 def runnable_python() -> Optional[str]:
     """The interpreter to run the agent with, or None where there is no usable one.
 
@@ -299,169 +305,3 @@ def agent_environment(env: Mapping[str, str]) -> Dict[str, str]:
             out.pop("PYTHONPATH")
     out["OTEL_SDK_DISABLED"] = "true"
     return out
-
-
-# ------------------------------------------------------------------------ the agent process
-
-
-_terminated = threading.Event()
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    # Only a flag: an exception raised from a handler could land anywhere (inside a store
-    # transaction, between a drain and its reply). The command loop polls it.
-    _terminated.set()
-
-
-class _Commands:
-    """Lines from the application on stdin, read with a timeout so SIGTERM is noticed."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._buffer = b""
-        self.closed = False
-
-    def next(self, timeout: float) -> Optional[bytes]:
-        """The next line, or None when none came within ``timeout`` (or the pipe closed)."""
-        while b"\n" not in self._buffer:
-            if self.closed:
-                return None
-            try:
-                ready, _, _ = select.select([self._fd], [], [], timeout)
-            except InterruptedError:  # pragma: no cover - retried by PEP 475
-                return None
-            if not ready:
-                return None
-            chunk = os.read(self._fd, 65536)
-            if not chunk:
-                self.closed = True
-                return None
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line
-
-
-def lower_priority() -> str:
-    """Run as background work: the CPU goes to the application (and everything else) first.
-
-    ``SCHED_IDLE`` where there is one (Linux): the agent then runs only on CPU time nobody else
-    wants, so its HTTP work and JSON never stretch the application's calls, even on a machine
-    with as many busy threads as cores (``nice`` only lowers a share: at nice 10 a busy agent
-    still takes about a tenth of a core the application wanted). An application thread waiting
-    for the agent (at exit) leaves its core idle, so the agent then runs at once. Elsewhere,
-    nice 10. Returns what was applied.
-    """
-    idle = getattr(os, "SCHED_IDLE", None)
-    if idle is not None and hasattr(os, "sched_setscheduler"):
-        try:
-            os.sched_setscheduler(0, idle, os.sched_param(0))
-            return "SCHED_IDLE"
-        except OSError:
-            pass
-    try:
-        os.nice(_NICENESS)
-        return f"nice {_NICENESS}"
-    except OSError:
-        return "unchanged"
-
-
-def raise_priority_for_exit() -> None:
-    """The final delivery has a deadline: leave ``SCHED_IDLE`` (allowed without privileges) so
-    that a machine kept busy by other processes cannot starve it; stay at nice 10."""
-    other = getattr(os, "SCHED_OTHER", None)
-    if other is None or not hasattr(os, "sched_setscheduler"):
-        return
-    try:
-        if os.sched_getscheduler(0) != other:
-            os.sched_setscheduler(0, other, os.sched_param(0))
-            os.nice(_NICENESS)
-    except OSError:
-        pass
-
-
-def _store_unusable(exc: BaseException) -> None:
-    logger.debug("lucidic-otel: the delivery process cannot use the store: %s", exc)
-    os._exit(EXIT_STORE_UNUSABLE)
-
-
-def _settings_from(config: Mapping[str, Any]) -> Settings:
-    return Settings(
-        api_key=str(config["api_key"]),
-        agent_id=str(config["agent_id"]),
-        base_url=str(config["base_url"]),
-        blob_threshold=int(config["blob_threshold"]),
-        exit_deadline_s=float(config["exit_deadline_s"]),
-    )
-
-
-def _reply(sender: Any, settled: bool) -> bytes:
-    stats = sender.stats
-    return (json.dumps({
-        "settled": settled,
-        "delivered": stats.delivered_total,
-        "failed": stats.failed,
-        "retried": stats.retried,
-        "halted": stats.halted,
-        "last_error": stats.last_error,
-    }) + "\n").encode()
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """The agent process, started by the application (see the module docstring)."""
-    from lucidic_otel.delivery.sender import Sender
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    lower_priority()
-    commands = _Commands(sys.stdin.fileno())
-    first = None
-    while first is None and not commands.closed and not _terminated.is_set():
-        first = commands.next(_POLL_S)
-    try:
-        config = json.loads(first or b"null")
-        settings = _settings_from(config)
-        store = Store(config["store"], max_bytes=int(config["max_bytes"]), delivery_enabled=True)
-        store.on_unusable = _store_unusable
-    except (ValueError, TypeError, KeyError) as exc:
-        logger.error("lucidic-otel: the delivery process got no usable settings (%s)", exc)
-        return 2
-    sender = Sender(store, settings).start()
-    sender.wake()
-    deadline = settings.exit_deadline_s
-    stop = False
-    while not _terminated.is_set():
-        line = commands.next(_POLL_S)
-        if line is None:
-            if commands.closed:
-                break  # the application is gone
-            continue
-        command = line.split()
-        if not command:
-            continue
-        if command[0] == b"w":
-            sender.wake()
-        elif command[0] == b"d":
-            try:
-                deadline = max(0.0, float(command[1]))
-            except (IndexError, ValueError):
-                pass
-            break
-        elif command[0] == b"q":
-            stop = True
-            break
-    settled = False
-    if not stop:
-        raise_priority_for_exit()
-        settled = sender.drain(deadline)
-    sender.stop(timeout_s=_STOP_S)
-    try:
-        sys.stdout.buffer.write(_reply(sender, settled))
-        sys.stdout.buffer.flush()
-    except OSError:
-        pass  # nobody is listening any more
-    store.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

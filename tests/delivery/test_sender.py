@@ -37,6 +37,7 @@ from support.launcher import (
 from lucidic_otel.cli import upload
 from lucidic_otel.config import Settings, load_settings
 from lucidic_otel.delivery import sender as sender_module
+from lucidic_otel.delivery import supervisor
 from lucidic_otel.delivery.sender import Sender
 from lucidic_otel.outbox.store import Store
 from lucidic_otel.sdk.exporter import LucidicSpanExporter
@@ -49,12 +50,12 @@ AGENT = "agent-1"
 FAST: Dict[str, Any] = dict(
     timeout_s=0.5, connect_timeout_s=0.5, backoff_base_s=0.02, backoff_cap_s=0.3, idle_poll_s=0.5
 )
-SENDER_LOGGER = "lucidic_otel.delivery.sender"
+SENDER_LOGGER = "lucidic_otel.delivery"  # the sender, its policy, its workers...
 
 
 def delivery_settings(server: ContractServer, **env: str) -> Settings:
-    """In-process tests drive the thread sender; the delivery process has tests/test_agent.py
-    (it runs the same Sender) and every launcher test here."""
+    """In-process tests drive the thread sender; the delivery process has
+    tests/delivery/test_helper.py (it runs the same Sender) and every launcher test here."""
     return load_settings(
         {
             "LUCIDIC_API_KEY": API_KEY,
@@ -258,7 +259,7 @@ def test_refusal_stops_delivery_keeps_everything_and_logs_one_line(
             time.sleep(0.3)
             assert len(server.seen) == requests  # stopped for good in this process
             sender.stop()
-    lines = [r for r in caplog.records if r.name == SENDER_LOGGER]
+    lines = [r for r in caplog.records if r.name.startswith(SENDER_LOGGER)]
     assert len(lines) == 1, [r.getMessage() for r in lines]
     message = lines[0].getMessage()
     assert lines[0].levelno == logging.ERROR
@@ -419,7 +420,7 @@ def test_the_exporter_only_wakes_the_sender_and_exit_delivers_the_rest(tmp_path:
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         tracer = provider.get_tracer("test")
-        assert str(path) not in sender_module._senders  # started lazily, on the first write
+        assert str(path) not in supervisor._senders  # started lazily, on the first write
         try:
             journal.record(INIT, "lazy", {"session_id": "lazy"})
             started = time.perf_counter()
@@ -428,7 +429,7 @@ def test_the_exporter_only_wakes_the_sender_and_exit_delivers_the_rest(tmp_path:
                     pass
             elapsed = time.perf_counter() - started
             assert elapsed < 1.0, elapsed  # 20 synchronous exports never waited for the network
-            sender = sender_module._senders[str(path)]
+            sender = supervisor._senders[str(path)]
             assert sender._dispatcher is not None and sender._dispatcher.is_alive()
             server.set_faults(Faults())
             journal.record(END, "lazy", {"session_id": "lazy", "is_finished": True})
@@ -438,7 +439,7 @@ def test_the_exporter_only_wakes_the_sender_and_exit_delivers_the_rest(tmp_path:
             assert len(server.delivered_event_ids()) == 20
             assert server.violations == []
         finally:
-            sender_module._senders.pop(str(path), None)
+            supervisor._senders.pop(str(path), None)
             provider.shutdown()
 
 
@@ -451,7 +452,7 @@ def test_without_credentials_nothing_is_started(tmp_path: Path) -> None:
         with provider.get_tracer("t").start_as_current_span("chat", attributes=llm_attributes("x")):
             pass
         assert exporter.store.outbox_counts()["pending"] == 1  # kept locally ...
-        assert str(path) not in sender_module._senders  # ... and no sender, no thread
+        assert str(path) not in supervisor._senders  # ... and no sender, no thread
         assert exporter.store.delivery_enabled is False
     finally:
         provider.shutdown()
@@ -780,7 +781,7 @@ def test_contract_server_runs_as_a_subprocess(tmp_path: Path) -> None:
     server = subprocess.Popen(
         [
             sys.executable,
-            str(Path(__file__).parent / "support" / "contract_server.py"),
+            str(Path(__file__).parents[1] / "support" / "contract_server.py"),
             "--report",
             str(report),
         ],

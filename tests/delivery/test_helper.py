@@ -23,7 +23,7 @@ from support.launcher import delivery_env, run_instrumented, spawn_instrumented,
 
 from lucidic_otel.config import load_settings
 from lucidic_otel.delivery import helper as agent_module
-from lucidic_otel.delivery import sender as sender_module
+from lucidic_otel.delivery import supervisor
 from lucidic_otel.delivery.sender import Sender
 from lucidic_otel.outbox.store import Store
 
@@ -199,12 +199,12 @@ def test_an_agent_that_died_is_replaced_by_threads_at_exit(tmp_path: Path) -> No
         os.kill(agent._proc.pid, signal.SIGKILL)  # out of memory, say, after the last write
         agent._proc.wait(10)
         store.record_session_init("orphaned", {"session_id": "orphaned"})
-        sender_module._senders[str(store.path)] = agent
+        supervisor._senders[str(store.path)] = agent
         try:
-            sender_module.deliver_at_exit(10.0)
+            supervisor.deliver_at_exit(10.0)
         finally:
-            sender_module._senders.pop(str(store.path), None)
-            sender_module._exited = False
+            supervisor._senders.pop(str(store.path), None)
+            supervisor._exited = False
         assert [b["session_id"] for b in server.inits] == ["orphaned"]
         assert store.outbox_counts()["pending"] == 0
         store.close()
@@ -246,13 +246,13 @@ def test_no_python_to_run_falls_back_to_threads(
         {"LUCIDIC_API_KEY": "k", "LUCIDIC_AGENT_ID": "a", "LUCIDIC_BASE_URL": "http://127.0.0.1:9"}
     )
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
-    monkeypatch.setattr(sender_module, "_agent_failures", 0)
+    monkeypatch.setattr(supervisor, "_agent_failures", 0)
     delivery: Optional[object] = None
     try:
-        delivery = sender_module._start_delivery(store, settings)
+        delivery = supervisor._start_delivery(store, settings)
         assert isinstance(delivery, Sender)
     finally:
-        sender_module._senders.pop(str(store.path), None)
+        supervisor._senders.pop(str(store.path), None)
         if isinstance(delivery, Sender):
             delivery.stop(0.5)
         store.close()
