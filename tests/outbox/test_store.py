@@ -23,6 +23,9 @@ from typing import Any, Dict, List, Optional
 import pytest
 from support.launcher import clean_env, run_instrumented, write_script
 
+import lucidic_otel.outbox.capacity as capacity_module
+import lucidic_otel.outbox.db as db_module
+import lucidic_otel.outbox.schema as schema_module
 import lucidic_otel.outbox.store as store_module
 from lucidic_otel.outbox.store import (
     OutboxItem,
@@ -32,8 +35,9 @@ from lucidic_otel.outbox.store import (
     store_path_problem,
 )
 
-SRC = str(Path(store_module.__file__).resolve().parents[1])
-STORE_LOGGER = "lucidic_otel.outbox.store"
+SRC = str(Path(store_module.__file__).resolve().parents[2])
+# The store's parts log under their own modules: lucidic_otel.outbox.<part>.
+STORE_LOGGER = "lucidic_otel.outbox"
 
 
 def span(
@@ -121,7 +125,7 @@ def test_nothing_is_opened_until_first_use_and_file_is_private(tmp_path: Path) -
     assert (path.stat().st_mode & 0o777) == 0o600
     with sqlite3.connect(str(path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_module.SCHEMA_VERSION
     s.close()
 
 
@@ -402,21 +406,21 @@ def test_kill_9_mid_write_leaves_a_valid_file_with_whole_batches(
 
 FORK_SCRIPT = """
 import os, sys
-sys.path.insert(0, sys.argv[2])
+sys.path[:0] = [sys.argv[2], os.path.dirname(sys.argv[2])]  # tests/outbox, tests
 from test_store import span
 from lucidic_otel.outbox.store import Store
 
 store = Store(sys.argv[1])
 assert store.write_batch([span(0, "parent")])
-parent_conn = store._local.conn
+parent_conn = store._db.local.conn
 pid = os.fork()
 if pid == 0:
     ok = store.write_batch([span(1, "child")])
-    fresh = store._local.conn is not parent_conn
+    fresh = store._db.local.conn is not parent_conn
     os._exit(0 if ok and fresh and store.stats()["errors"] == 0 else 2)
 _, status = os.waitpid(pid, 0)
 assert os.WEXITSTATUS(status) == 0, status
-assert store._local.conn is parent_conn  # the child did not disturb the parent's connection
+assert store._db.local.conn is parent_conn  # the child did not disturb the parent's connection
 assert store.write_batch([span(2, "parent")])
 print(sorted((r["session_id"], r["span_count"]) for r in store.list_sessions()))
 """
@@ -463,8 +467,8 @@ def test_threads_share_a_store(store: Store) -> None:
 def test_lock_held_too_long_drops_the_batch_loudly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(store_module, "_BUSY_TIMEOUT_S", 0.05)
-    monkeypatch.setattr(store_module, "_LOCK_RETRY_DELAYS", (0.01, 0.02))
+    monkeypatch.setattr(db_module, "_BUSY_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(db_module, "_LOCK_RETRY_DELAYS", (0.01, 0.02))
     s = Store(tmp_path / "store.db")
     assert s.write_batch([span(0)])
     blocker = sqlite3.connect(str(s.path), isolation_level=None)
@@ -504,17 +508,17 @@ def test_size_is_not_measured_on_every_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     measured: List[int] = []
-    real = store_module._used_bytes
+    real = capacity_module._used_bytes
 
     def counting(conn: sqlite3.Connection) -> int:
         measured.append(1)
         return real(conn)
 
-    monkeypatch.setattr(store_module, "_used_bytes", counting)
+    monkeypatch.setattr(capacity_module, "_used_bytes", counting)
     s = Store(tmp_path / "store.db", max_bytes=100 * 1024 * 1024)
     for n in range(200):
         s.write_batch([span(n)])
-    assert 1 <= len(measured) <= 200 // store_module._CHECK_EVERY_WRITES + 1
+    assert 1 <= len(measured) <= 200 // capacity_module._CHECK_EVERY_WRITES + 1
     s.close()
 
 
@@ -647,7 +651,7 @@ def _assert_degraded_but_working(s: Store, caplog: pytest.LogCaptureFixture) -> 
         assert s.write_batch([span(0, "s1")], [event("s1", "e1")]) is True
         assert s.write_batch([span(1, "s1")]) is True
         assert s.record_session_init("s2", {}) is not None
-    warnings = [r.getMessage() for r in caplog.records if r.name == STORE_LOGGER]
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith(STORE_LOGGER)]
     assert len(warnings) == 1, warnings  # one clear warning, not one per write
     assert str(s.path) in warnings[0] and "To fix" in warnings[0]
     assert s.stats()["mode"] == "memory"
@@ -700,7 +704,7 @@ def test_check_path_moves_a_path_that_cannot_hold_a_store_to_memory_at_once(
         assert s.in_memory
         assert s.write_batch([span(0, "s1")]) and len(s.session_spans("s1")) == 1
         assert s.check_path() is False
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == STORE_LOGGER]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name.startswith(STORE_LOGGER)]
     assert warning.startswith(f"lucidic-otel: cannot use the local store {path} ({reason}). "
                               "This process keeps its telemetry in memory instead")
     assert "LUCIDIC_STORE_PATH" in warning.split("To fix: ", 1)[1]
@@ -801,7 +805,7 @@ def test_disk_full_during_writes_degrades_to_memory(
 ) -> None:
     s = Store(tmp_path / "store.db")
     assert s.write_batch([span(0, "before")])
-    conn = s._local.conn
+    conn = s._db.local.conn
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count={pages}")  # the "disk" is now full
     with caplog.at_level(logging.WARNING, logger=STORE_LOGGER):
@@ -819,7 +823,7 @@ def test_file_that_turns_read_only_degrades_to_memory(
     # a file or mount this user cannot write.
     s = Store(tmp_path / "store.db")
     assert s.write_batch([span(0, "before")])
-    s._local.conn.execute("PRAGMA query_only=1")
+    s._db.local.conn.execute("PRAGMA query_only=1")
     with caplog.at_level(logging.WARNING, logger=STORE_LOGGER):
         assert s.write_batch([span(1, "after")])
         assert s.write_batch([span(2, "after")])
@@ -839,11 +843,11 @@ def test_switch_mid_run_carries_what_the_file_still_owes(
     assert s.write_batch([span(0, "s1")], [event("s1", "e1")])
     (in_flight,) = s.claim_pending(1, now=time.time())  # the sender holds the init
     assert in_flight.seq == init
-    s._local.conn.execute("PRAGMA query_only=1")  # the file turns unwritable mid-run
+    s._db.local.conn.execute("PRAGMA query_only=1")  # the file turns unwritable mid-run
     with caplog.at_level(logging.WARNING, logger=STORE_LOGGER):
         assert s.write_batch([span(1, "s1")], [event("s1", "e2")])
     assert s.stats()["mode"] == "memory"
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == STORE_LOGGER]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name.startswith(STORE_LOGGER)]
     assert "2 undelivered items and 1 open sessions were carried over" in warning, warning
 
     # The init's lease is released (its holder may be unable to mark it), so it comes first
@@ -878,7 +882,7 @@ def test_switch_keeps_the_backend_id_of_an_open_session_with_nothing_pending(
     init = s.record_session_init("s1", {})
     assert init is not None and s.mark_delivered([init])
     assert s.set_session_alias("s1", "backend-1")
-    s._local.conn.execute("PRAGMA query_only=1")
+    s._db.local.conn.execute("PRAGMA query_only=1")
     assert s.write_batch([], [event("s1", "e1")])
     assert s.stats()["mode"] == "memory"
     assert s.session_aliases(["s1"]) == {"s1": "backend-1"}  # later events keep the backend id
@@ -908,7 +912,7 @@ def test_close_after_switch_counts_only_what_the_file_lacks(
 ) -> None:
     s = Store(tmp_path / "store.db")
     assert s.write_batch([], [event("s", "e1")])
-    s._local.conn.execute("PRAGMA query_only=1")
+    s._db.local.conn.execute("PRAGMA query_only=1")
     assert s.write_batch([], [event("s", "e2"), event("s", "e3")])
     with caplog.at_level(logging.WARNING, logger=STORE_LOGGER):
         s.close()
@@ -972,7 +976,7 @@ def test_a_fork_during_a_transaction_leaves_the_child_a_usable_store(tmp_path: P
         release.wait(5)
         return True
 
-    holder = threading.Thread(target=lambda: store._transact(slow, write=True))
+    holder = threading.Thread(target=lambda: store._db.transact(slow, write=True))
     holder.start()
     assert inside.wait(5)
     threading.Timer(0.3, release.set).start()  # the transaction ends while the fork waits
