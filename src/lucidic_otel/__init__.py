@@ -32,6 +32,9 @@ _EXPORTS = {
     "set_active_session": "lucidic_otel.api",
     "with_lucidic": "lucidic_otel.api",
     "with_session": "lucidic_otel.api",
+    "Step": "lucidic_otel.steps",
+    "step": "lucidic_otel.steps",
+    "tool": "lucidic_otel.steps",
 }
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "SEMCONV_SESSION_ATTRIBUTE",
     "SESSION_ATTRIBUTE",
     "LucidicSpanProcessor",
+    "Step",
     "__version__",
     "carry_context",
     "clear_active_session",
@@ -50,6 +54,8 @@ __all__ = [
     "inject_env",
     "session",
     "set_active_session",
+    "step",
+    "tool",
     "with_lucidic",
     "with_session",
 ]
@@ -70,6 +76,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         with_session,
     )
     from lucidic_otel.sdk.processor import LucidicSpanProcessor
+    from lucidic_otel.steps import Step, step, tool
     from lucidic_otel.sessions.context import (
         BAGGAGE_KEY,
         SEMCONV_SESSION_ATTRIBUTE,
