@@ -76,12 +76,12 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         with_session,
     )
     from lucidic_otel.sdk.processor import LucidicSpanProcessor
-    from lucidic_otel.steps import Step, step, tool
     from lucidic_otel.sessions.context import (
         BAGGAGE_KEY,
         SEMCONV_SESSION_ATTRIBUTE,
         SESSION_ATTRIBUTE,
     )
+    from lucidic_otel.steps import Step, step, tool
 
 
 def __getattr__(name: str) -> Any:
