@@ -22,6 +22,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from lucidic_otel.outbox.capacity import Capacity
@@ -88,26 +89,36 @@ def _insert_carried(conn: sqlite3.Connection, rows: List[tuple], sessions: List[
     )
 
 
-def _read_owed(src: sqlite3.Connection, budget: int
-               ) -> Tuple[List[tuple], List[tuple], List[tuple]]:
-    """(pending items up to ``budget`` bytes, their and the open sessions, their aliases),
-    as plain tuples in the column order of :func:`_insert_carried`."""
-    rows: List[tuple] = []
+@dataclass
+class _Owed:
+    """What the file still owes, as plain tuples in the column order of :func:`_insert_carried`."""
+
+    items: List[tuple] = field(default_factory=list)
+    sessions: List[tuple] = field(default_factory=list)
+    aliases: List[tuple] = field(default_factory=list)
+    last_seq: int = 0
+
+
+def _read_owed(src: sqlite3.Connection, budget: int) -> _Owed:
+    """Pending items up to ``budget`` bytes, their sessions and the open ones, their aliases."""
+    owed = _Owed()
+    sids = set()
     used = 0
     for row in src.execute(_CARRY_OUTBOX):
         used += row["nbytes"]
         if used > budget:
             break
-        rows.append(tuple(row))
-    sids = {row[2] for row in rows}  # session_id
-    sessions = [
-        tuple(row) for row in src.execute(_CARRY_SESSIONS)
-        if row["session_id"] in sids or (row["initiated"] and row["ended_ns"] is None)
-    ]
-    carried_sids = sids | {row[0] for row in sessions}  # session_id
-    aliases = [tuple(row) for row in src.execute(_CARRY_ALIASES)
-               if row["session_id"] in carried_sids]
-    return rows, sessions, aliases
+        owed.items.append(tuple(row))
+        sids.add(row["session_id"])
+        owed.last_seq = row["seq"]  # ascending
+    carried_sids = set(sids)
+    for row in src.execute(_CARRY_SESSIONS):
+        if row["session_id"] in sids or (row["initiated"] and row["ended_ns"] is None):
+            owed.sessions.append(tuple(row))
+            carried_sids.add(row["session_id"])
+    owed.aliases = [tuple(row) for row in src.execute(_CARRY_ALIASES)
+                    if row["session_id"] in carried_sids]
+    return owed
 
 
 class MemoryFallback:
@@ -171,7 +182,7 @@ class MemoryFallback:
             remedy(exc, self._db.path),
         )
 
-    def _read_file(self) -> Optional[Tuple[List[tuple], List[tuple], List[tuple]]]:
+    def _read_file(self) -> Optional[_Owed]:
         try:
             src = sqlite3.connect(str(self._db.path), timeout=_CARRY_TIMEOUT_S,
                                   isolation_level=None)
@@ -208,15 +219,14 @@ class MemoryFallback:
         owed = self._read_file()
         if owed is None:
             return 0, 0
-        rows, sessions, aliases = owed
         try:
             with transaction(mem, True):
-                _insert_carried(mem, rows, sessions, aliases)
+                _insert_carried(mem, owed.items, owed.sessions, owed.aliases)
         except Exception as exc:  # noqa: BLE001 - the file still has them
             self._health.log_error("carry to memory", exc)
             return 0, 0
-        self.carried_up_to = max((row[0] for row in rows), default=0)  # seq
-        return len(rows), len(sessions)
+        self.carried_up_to = owed.last_seq
+        return len(owed.items), len(owed.sessions)
 
     def mark_in_file_too(self, sql_text: str, rows: List[tuple]) -> None:
         """After a switch to memory, also settle carried items in the file, if it lets us.

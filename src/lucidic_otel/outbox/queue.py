@@ -41,7 +41,7 @@ _CLAIMABLE = sql(f"""
 # When the next item becomes claimable, ignoring items held back by ordering (their blockers
 # are pending too and are counted instead).
 _NEXT_DUE = sql(f"""
-    SELECT min(max(o.next_attempt_at, o.lease_until)) FROM outbox AS o
+    SELECT min(max(o.next_attempt_at, o.lease_until)) AS due FROM outbox AS o
     WHERE o.state = {{pending}}
     {_IN_ORDER}
 """)
@@ -124,7 +124,7 @@ class Queue:
 
         def read(conn: sqlite3.Connection) -> Optional[float]:
             row = conn.execute(_NEXT_DUE).fetchone()
-            return None if row is None or row[0] is None else float(row[0])
+            return None if row is None or row["due"] is None else float(row["due"])
 
         return self._db.run("next_due_at", read, write=False, default=None)
 
