@@ -29,12 +29,15 @@ either order: a late layer then updates the event already written (see :class:`L
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from lucidic_otel.convert.pricing import cost as _price_cost
 from lucidic_otel.convert.pricing import price as _price
+
+logger = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
 # Recent calls remembered for layers that arrive in a later batch; the layers of one call end
@@ -136,17 +139,36 @@ class LayerTracker:
     # ------------------------------------------------------------------ matching
 
     def _match(self, span: LayerSpan, children: Sequence[_Call]) -> Optional[_Call]:
+        """The known call ``span`` is a layer of: by response id, else its parent's call, else
+        the one call its children belong to."""
         rid = response_id(span.event)
-        if rid is not None:
-            call = self._by_response.get((span.session_id, rid))
-            if call is not None and self._joinable(call, span, rid) and (
-                span.scope not in call.scopes or _related(call, span)
-            ):
-                return call
-        if span.parent_span_id is not None:
-            call = self._by_span.get((span.trace_id, span.parent_span_id))
-            if call is not None and self._joinable(call, span, rid):
-                return call
+        return (
+            self._match_response(span, rid)
+            or self._match_parent(span, rid)
+            or self._match_children(span, children, rid)
+        )
+
+    def _match_response(self, span: LayerSpan, rid: Optional[str]) -> Optional[_Call]:
+        if rid is None:
+            return None
+        call = self._by_response.get((span.session_id, rid))
+        if call is not None and self._joinable(call, span, rid) and (
+            span.scope not in call.scopes or _related(call, span)
+        ):
+            return call
+        return None
+
+    def _match_parent(self, span: LayerSpan, rid: Optional[str]) -> Optional[_Call]:
+        if span.parent_span_id is None:
+            return None
+        call = self._by_span.get((span.trace_id, span.parent_span_id))
+        if call is not None and self._joinable(call, span, rid):
+            return call
+        return None
+
+    def _match_children(
+        self, span: LayerSpan, children: Sequence[_Call], rid: Optional[str]
+    ) -> Optional[_Call]:
         distinct = {id(c): c for c in children if self._joinable(c, span, rid)}
         if len(distinct) == 1:
             return next(iter(distinct.values()))
@@ -243,42 +265,14 @@ def _layers(event: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 def merge_payloads(inner: Dict[str, Any], outer: Dict[str, Any]) -> Dict[str, Any]:
     """The union of two layers' ``llm_generation`` payloads; the inner layer wins ties."""
-    inner_request, outer_request = inner.get("request", {}), outer.get("request", {})
-    inner_response, outer_response = inner.get("response", {}), outer.get("response", {})
     inner_misc, outer_misc = inner.get("misc", {}) or {}, outer.get("misc", {}) or {}
-
-    misc = {**outer_misc, **inner_misc}
-    response_model = _specific(inner_misc.get("response_model"), outer_misc.get("response_model"))
-    if response_model is not None:
-        misc["response_model"] = response_model
-    if inner_misc.get("streaming") or outer_misc.get("streaming"):
-        misc["streaming"] = True
-
-    request = {
-        "provider": _known(inner_request.get("provider"), outer_request.get("provider")),
-        "model": _specific(inner_request.get("model"), outer_request.get("model")) or UNKNOWN,
-        "messages": inner_request.get("messages") or outer_request.get("messages") or [],
-        "params": {**(outer_request.get("params") or {}), **(inner_request.get("params") or {})},
-    }
-    response: Dict[str, Any] = {
-        "output": _first(inner_response.get("output"), outer_response.get("output")),
-        "tool_calls": inner_response.get("tool_calls") or outer_response.get("tool_calls") or [],
-    }
-    thinking = inner_response.get("thinking") or outer_response.get("thinking")
-    if thinking:
-        response["thinking"] = thinking
-
-    usage_in, usage_out = inner.get("usage") or {}, outer.get("usage") or {}
-    input_tokens = _first(usage_in.get("input_tokens"), usage_out.get("input_tokens"))
-    output_tokens = _first(usage_in.get("output_tokens"), usage_out.get("output_tokens"))
-    usd = None
-    if input_tokens is not None or output_tokens is not None:
-        model = response_model if _price(response_model) is not None else request["model"]
-        usd = _price_cost(model, input_tokens, output_tokens)
+    misc, response_model = _merge_misc(inner_misc, outer_misc)
+    request = _merge_request(inner.get("request", {}), outer.get("request", {}))
     payload: Dict[str, Any] = {
         "request": request,
-        "response": response,
-        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens, "cost": usd},
+        "response": _merge_response(inner.get("response", {}), outer.get("response", {})),
+        "usage": _merge_usage(inner.get("usage") or {}, outer.get("usage") or {},
+                              response_model, request["model"]),
     }
     for failed in (inner, outer):
         if failed.get("status") == "error":
@@ -287,6 +281,51 @@ def merge_payloads(inner: Dict[str, Any], outer: Dict[str, Any]) -> Dict[str, An
             break
     payload["misc"] = misc
     return payload
+
+
+def _merge_misc(
+    inner: Dict[str, Any], outer: Dict[str, Any]
+) -> Tuple[Dict[str, Any], Optional[str]]:
+    """Both layers' misc (the inner wins), and the more specific response model."""
+    misc = {**outer, **inner}
+    response_model = _specific(inner.get("response_model"), outer.get("response_model"))
+    if response_model is not None:
+        misc["response_model"] = response_model
+    if inner.get("streaming") or outer.get("streaming"):
+        misc["streaming"] = True
+    return misc, response_model
+
+
+def _merge_request(inner: Dict[str, Any], outer: Dict[str, Any]) -> Dict[str, Any]:
+    return {
+        "provider": _known(inner.get("provider"), outer.get("provider")),
+        "model": _specific(inner.get("model"), outer.get("model")) or UNKNOWN,
+        "messages": inner.get("messages") or outer.get("messages") or [],
+        "params": {**(outer.get("params") or {}), **(inner.get("params") or {})},
+    }
+
+
+def _merge_response(inner: Dict[str, Any], outer: Dict[str, Any]) -> Dict[str, Any]:
+    response: Dict[str, Any] = {
+        "output": _first(inner.get("output"), outer.get("output")),
+        "tool_calls": inner.get("tool_calls") or outer.get("tool_calls") or [],
+    }
+    thinking = inner.get("thinking") or outer.get("thinking")
+    if thinking:
+        response["thinking"] = thinking
+    return response
+
+
+def _merge_usage(inner: Dict[str, Any], outer: Dict[str, Any], response_model: Any,
+                 request_model: str) -> Dict[str, Any]:
+    """Each count from the innermost layer that has it, priced once for the merged call."""
+    input_tokens = _first(inner.get("input_tokens"), outer.get("input_tokens"))
+    output_tokens = _first(inner.get("output_tokens"), outer.get("output_tokens"))
+    usd = None
+    if input_tokens is not None or output_tokens is not None:
+        model = response_model if _price(response_model) is not None else request_model
+        usd = _price_cost(model, input_tokens, output_tokens)
+    return {"input_tokens": input_tokens, "output_tokens": output_tokens, "cost": usd}
 
 
 def _first(*values: Any) -> Any:

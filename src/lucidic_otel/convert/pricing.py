@@ -18,7 +18,10 @@ because a wrong number on a dashboard is worse than a missing one.
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, Optional, Tuple
+
+logger = logging.getLogger(__name__)
 
 # model -> (input USD per 1M tokens, output USD per 1M tokens)
 PRICES_PER_MILLION: Dict[str, Tuple[float, float]] = {

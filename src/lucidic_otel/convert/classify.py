@@ -1,0 +1,104 @@
+"""What kind of span this is: an LLM call, a tool call, a failure, or none of our business.
+
+Runs for every exported span, so the common case (HTTP, database, user spans) is rejected
+after a handful of dict lookups. Agent, workflow and retrieval spans carry ``gen_ai.*``
+attributes too but are not generations: they classify as None.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Optional, Tuple
+
+from opentelemetry.trace import StatusCode
+
+from lucidic_otel.convert.spanlike import SpanLike
+from lucidic_otel.convert.values import as_str
+
+logger = logging.getLogger(__name__)
+
+# Event types of the Lucidic backend.
+LLM_GENERATION = "llm_generation"
+FUNCTION_CALL = "function_call"
+ERROR_TRACEBACK = "error_traceback"
+
+# Span kinds, as classify() returns them.
+LLM = "llm"
+TOOL = "tool"
+
+# gen_ai.operation.name values that are one model call.
+_LLM_OPERATIONS = frozenset(
+    {"chat", "text_completion", "generate_content", "embeddings", "completion", "embedding"}
+)
+_OPENINFERENCE_LLM_KINDS = frozenset({"LLM", "EMBEDDING"})
+_EXCEPTION_EVENT = "exception"
+
+
+def classify(attrs: Mapping[str, Any]) -> Optional[str]:
+    """:data:`LLM`, :data:`TOOL` or None, from the first convention the span speaks."""
+    operation = attrs.get("gen_ai.operation.name")
+    if isinstance(operation, str):
+        if operation == "execute_tool":
+            return TOOL
+        return LLM if operation in _LLM_OPERATIONS else None
+    openinference_kind = attrs.get("openinference.span.kind")
+    if openinference_kind is not None:
+        return _openinference(openinference_kind)
+    traceloop_kind = attrs.get("traceloop.span.kind")
+    if traceloop_kind is not None:
+        return TOOL if traceloop_kind == "tool" else None
+    return _by_presence(attrs)
+
+
+def _openinference(value: Any) -> Optional[str]:
+    kind = str(value).upper()
+    if kind == "TOOL":
+        return TOOL
+    return LLM if kind in _OPENINFERENCE_LLM_KINDS else None
+
+
+def _by_presence(attrs: Mapping[str, Any]) -> Optional[str]:
+    """No kind attribute: older instrumentations only say which system they talked to."""
+    if "gen_ai.tool.name" in attrs:
+        return TOOL
+    if (
+        "gen_ai.provider.name" in attrs
+        or "gen_ai.system" in attrs
+        or "llm.request.type" in attrs
+    ):
+        return LLM
+    return None
+
+
+def event_type(
+    span: SpanLike, attrs: Mapping[str, Any]
+) -> Tuple[Optional[str], Optional[Mapping[str, Any]]]:
+    """The Lucidic event type of a span (None: not an event) and, for an
+    ``error_traceback``, the attributes of the exception it recorded."""
+    kind = classify(attrs)
+    if kind == LLM:
+        return LLM_GENERATION, None
+    if kind == TOOL:
+        return FUNCTION_CALL, None
+    exception = last_exception(span)
+    return (None, None) if exception is None else (ERROR_TRACEBACK, exception)
+
+
+def last_exception(span: SpanLike) -> Optional[Mapping[str, Any]]:
+    """Attributes of the span's last ``exception`` event, unless the span ended OK anyway."""
+    found = None
+    for event in span.events:
+        if event.name == _EXCEPTION_EVENT:
+            found = event.attributes or {}
+    if found is None or span.status.status_code is StatusCode.OK:
+        return None
+    return found
+
+
+def exception_text(attributes: Mapping[str, Any]) -> Optional[str]:
+    """``"Type: message"`` of a recorded exception, or whichever of the two is known."""
+    kind = as_str(attributes.get("exception.type"))
+    message = as_str(attributes.get("exception.message"))
+    if kind and message:
+        return f"{kind}: {message}"
+    return kind or message
