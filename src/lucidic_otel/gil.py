@@ -17,8 +17,11 @@ OTLP, wall clock; 1.15x per CPU second).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+
+logger = logging.getLogger(__name__)
 
 BURST_S = 0.0005
 

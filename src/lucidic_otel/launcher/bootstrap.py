@@ -16,22 +16,25 @@ import threading
 from typing import Any, Dict, Optional, Tuple
 
 from opentelemetry import context, propagate, trace
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from lucidic_otel._diagnostics import log_once
 from lucidic_otel.config import get_settings
 from lucidic_otel.launcher import origin as launch
 from lucidic_otel.launcher.exit import install_exit_handlers
+from lucidic_otel.sdk import registry
 from lucidic_otel.sdk.egress import install_outbound_policy
-from lucidic_otel.sdk.processor import PROCESS_SESSION, LucidicSpanProcessor
+from lucidic_otel.sdk.exporter import LucidicSpanExporter
+from lucidic_otel.sdk.processor import LucidicSpanProcessor
 from lucidic_otel.sessions.propagation import env_has_carrier, extract_env
+from lucidic_otel.sessions.resolve import PROCESS_SESSION, start_process_session
 
-logger = logging.getLogger("lucidic_otel")
+logger = logging.getLogger(__name__)
 
 _lock = threading.RLock()
 _processor: Optional[LucidicSpanProcessor] = None
 _ready = False
-#: What the set-up found and did; read by ``doctor``, the exporter (into the store) and tests.
-_report: Dict[str, Any] = {}
 
 
 def session_processor() -> LucidicSpanProcessor:
@@ -49,26 +52,14 @@ def sdk_provider() -> Optional[TracerProvider]:
     return provider if isinstance(provider, TracerProvider) else None
 
 
-def _span_processors(provider: TracerProvider) -> Tuple[SpanProcessor, ...]:
-    """The processors on ``provider``: the one read of the SDK's private processor list."""
-    active = getattr(provider, "_active_span_processor", None)
-    return tuple(getattr(active, "_span_processors", ()))
-
-
 def has_session_processor(provider: TracerProvider) -> bool:
-    return any(
-        getattr(p, "lucidic_session_processor", False) for p in _span_processors(provider)
-    )
+    """True when the session processor is on ``provider`` (see :mod:`lucidic_otel.sdk.registry`)."""
+    return registry.ATTACHED.has(provider, registry.SESSION_PROCESSOR)
 
 
 def has_lucidic_pipeline(provider: TracerProvider) -> bool:
-    """True when a processor on ``provider`` exports to a lucidic exporter."""
-    from lucidic_otel.sdk.exporter import LucidicSpanExporter
-
-    return any(
-        isinstance(getattr(p, "span_exporter", None), LucidicSpanExporter)
-        for p in _span_processors(provider)
-    )
+    """True when a lucidic exporter is on ``provider``, ours or from the exporter list."""
+    return registry.ATTACHED.has(provider, registry.PIPELINE)
 
 
 def install_processor(provider: Optional[TracerProvider] = None) -> bool:
@@ -79,6 +70,7 @@ def install_processor(provider: Optional[TracerProvider] = None) -> bool:
     with _lock:
         if not has_session_processor(provider):
             provider.add_span_processor(session_processor())
+            registry.ATTACHED.add(provider, registry.SESSION_PROCESSOR)
     return True
 
 
@@ -112,11 +104,8 @@ def _attach_pipeline(provider: TracerProvider, wanted: bool) -> Optional[str]:
         return "exporter list"
     if not wanted:
         return None
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    from lucidic_otel.sdk.exporter import LucidicSpanExporter
-
     provider.add_span_processor(BatchSpanProcessor(LucidicSpanExporter()))
+    registry.ATTACHED.add(provider, registry.PIPELINE)
     return "lucidic-otel"
 
 
@@ -131,17 +120,22 @@ def _launched() -> bool:
 
 
 def _warn_not_sdk(provider: object) -> None:
+    """Say once per process why sessions are not stamped: there is no SDK provider."""
     name = _class_path(provider)
     if _launched() and type(provider).__name__ == "ProxyTracerProvider":
         configurator = launch.configurator()
-        logger.warning(
+        log_once(
+            logger,
+            "not-sdk",
             "lucidic-otel: no OpenTelemetry SDK tracer provider was set up (configurator: %s), "
             "so sessions are neither stamped nor recorded; set OTEL_PYTHON_CONFIGURATOR=lucidic "
             "or install a configurator",
             configurator.name or "none ran",
         )
         return
-    logger.warning(
+    log_once(
+        logger,
+        "not-sdk",
         "lucidic-otel: the global tracer provider is %s, not an OpenTelemetry SDK "
         "TracerProvider, so sessions are neither stamped nor recorded; set an "
         "opentelemetry.sdk.trace.TracerProvider before calling lucidic_otel.init(), or add "
@@ -202,7 +196,7 @@ def _attach(provider: TracerProvider) -> Dict[str, Any]:
 
 def setup_report() -> Dict[str, Any]:
     """What the set-up of this process found and did (empty before it ran)."""
-    return dict(_report)
+    return registry.setup_report()
 
 
 def _warn_if_baggage_off() -> None:
@@ -217,8 +211,6 @@ def _warn_if_baggage_off() -> None:
 
 def _join_environment() -> None:
     """Join the context a parent process left in BAGGAGE/TRACEPARENT, then the env session."""
-    from lucidic_otel.api import _start_process_session  # the API depends on this module
-
     settings = get_settings()
     if env_has_carrier():
         ctx = extract_env()
@@ -226,28 +218,27 @@ def _join_environment() -> None:
         if PROCESS_SESSION.session_id is None:
             PROCESS_SESSION.session_id = session_processor().session_for(ctx)
     if settings.session_name:
-        _start_process_session(settings)
+        start_process_session(settings)
     elif settings.session_id and PROCESS_SESSION.session_id is None:
         PROCESS_SESSION.session_id = settings.session_id
 
 
-_warned_not_sdk = False
-
-
 def after_sdk_ready() -> bool:
-    """Install everything that needs the SDK provider, once. Never raises."""
-    global _ready, _warned_not_sdk
+    """Install everything that needs the SDK provider, once. Never raises.
+
+    Returns:
+        True once the set-up is done; False while there is no SDK provider (said once).
+    """
+    global _ready
     with _lock:
         if _ready:
             return True
         try:
             provider = sdk_provider()
             if provider is None:
-                if not _warned_not_sdk:
-                    _warned_not_sdk = True
-                    _warn_not_sdk(trace.get_tracer_provider())
+                _warn_not_sdk(trace.get_tracer_provider())
                 return False
-            _report.update(_attach(provider))
+            registry.record_setup(_attach(provider))
             _ready = True
             _warn_if_baggage_off()
             install_outbound_policy()  # session baggage to own services only

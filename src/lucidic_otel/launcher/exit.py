@@ -1,4 +1,9 @@
-"""Process exit: auto-end sessions after their spans, SIGTERM, and forked children.
+"""Process exit: one sequence (:func:`finish`) that every way out of the process goes through.
+
+The sequence, in order: end the auto-end sessions (their end records follow their spans),
+flush the span pipeline, then let delivery deliver what the outbox holds within the deadline.
+It runs from ``atexit``, from the SIGTERM handler (or the SIGTERM thread of a multiprocessing
+worker) and from the flushing ``os._exit`` of forked children (:mod:`.fork`).
 
 The SDK only flushes in ``atexit``. Three common exits skip it: a default SIGTERM (Kubernetes,
 uvicorn re-raising the signal), and ``os._exit`` in fork/forkserver children (multiprocessing,
@@ -22,12 +27,12 @@ from typing import Any, Callable, Optional
 from opentelemetry import trace
 
 from lucidic_otel.config import get_settings
+from lucidic_otel.launcher import fork
 from lucidic_otel.sessions.lifecycle import REGISTRY, flush_spans
 
-logger = logging.getLogger("lucidic_otel")
+logger = logging.getLogger(__name__)
 
 _installed = False
-_original_os_exit: Optional[Callable[[int], Any]] = None
 
 
 def finish(deadline_s: Optional[float] = None) -> None:
@@ -83,6 +88,7 @@ _LOCK_HOLDING_MODULES = (
     "importlib._bootstrap",
 )
 _MAX_FRAMES = 500
+_EXIT_SEQUENCE_FRAMES = {(__name__, "finish"), (fork.__name__, "_flushing_exit")}
 
 
 def _interrupted_inside_telemetry(frame: Any) -> bool:
@@ -98,7 +104,7 @@ def _interrupted_inside_telemetry(frame: Any) -> bool:
             return False
         module = frame.f_globals.get("__name__", "")
         if module.startswith(_LOCK_HOLDING_MODULES) or (
-            module == __name__ and frame.f_code.co_name in ("finish", "_flushing_exit")
+            (module, frame.f_code.co_name) in _EXIT_SEQUENCE_FRAMES
         ):
             return True
         frame = frame.f_back
@@ -171,22 +177,14 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     _die_of(signum)
 
 
-def _flushing_exit(status: int) -> Any:
-    """``os._exit`` for forked children: flush this child's spans first (bounded)."""
-    try:
-        _bounded(lambda: (finish(), flush_spans()), get_settings().exit_deadline_s + 5.0)
-    except BaseException:
-        pass  # exiting regardless: never let telemetry change how the child ends
-    assert _original_os_exit is not None
-    return _original_os_exit(status)
+def _flush_this_child() -> None:
+    _bounded(lambda: (finish(), flush_spans()), get_settings().exit_deadline_s + 5.0)
 
 
 def _flush_before_os_exit() -> None:
     """Make ``os._exit`` flush first (once, unless ``LUCIDIC_FLUSH_ON_FORK_EXIT=false``)."""
-    global _original_os_exit
-    if _original_os_exit is None and get_settings().flush_on_fork_exit:
-        _original_os_exit = os._exit
-        os._exit = _flushing_exit  # type: ignore[assignment]
+    if get_settings().flush_on_fork_exit:
+        fork.flush_before_os_exit(_flush_this_child)
 
 
 # SIGTERM is held back in the forking thread across ``fork()``: CPython drops a signal that
@@ -429,9 +427,9 @@ def install_exit_handlers() -> None:
                 signal.signal(signal.SIGTERM, _on_sigterm)
         except (ValueError, OSError, AttributeError):
             logger.debug("lucidic-otel: could not install the SIGTERM handler", exc_info=True)
-    if hasattr(os, "register_at_fork"):
-        os.register_at_fork(
-            before=_hold_sigterm_before_fork,
-            after_in_parent=_release_sigterm,
-            after_in_child=_after_fork_in_child,
-        )
+    fork.add(
+        before=_hold_sigterm_before_fork,
+        after_in_parent=_release_sigterm,
+        after_in_child=_after_fork_in_child,
+    )
+    fork.install()

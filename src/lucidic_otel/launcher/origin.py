@@ -13,11 +13,14 @@ won, while still respecting what the user chose.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Dict, Optional
 
 from opentelemetry.util._importlib_metadata import entry_points
+
+logger = logging.getLogger(__name__)
 
 LUCIDIC = "lucidic"
 DISTRO_VARIABLE = "OTEL_PYTHON_DISTRO"

@@ -25,6 +25,7 @@ no destination; rules 4, 6 and 7 then cannot apply, and rule 5 withholds.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import re
 import threading
@@ -44,7 +45,10 @@ from opentelemetry.propagators.textmap import (
 from opentelemetry.trace import SpanKind, get_current_span
 
 from lucidic_otel.config import Settings, get_settings
+from lucidic_otel.sdk import _fastpath
 from lucidic_otel.sessions.context import BAGGAGE_KEY
+
+logger = logging.getLogger(__name__)
 
 #: LLM providers and the Lucidic backend: session baggage is withheld from these hosts.
 PROVIDER_HOSTS: Tuple[str, ...] = (
@@ -156,6 +160,8 @@ class LlmCalls:
 
 
 LLM_CALLS = LlmCalls()
+# Registered here, not by the launcher: the processor that feeds it also runs without one
+# (a provider the application built), and a forked child must not see its parent's calls.
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=LLM_CALLS.after_fork)
 
@@ -181,8 +187,8 @@ def _netloc(url: str) -> Tuple[Optional[str], Optional[int]]:
 def destination(span: Any) -> Tuple[Optional[str], Optional[int]]:
     """(host, port) an HTTP client span is about to send to, host lower-cased; None where
     the span does not say."""
-    if type(span) is _sdk_span_type():  # its attribute dict, without a read-only proxy
-        attributes = span._attributes._dict
+    if type(span) is _fastpath.SDK_SPAN_TYPE:  # its attribute dict, without a read-only proxy
+        attributes = _fastpath.attributes_of(span)
     else:
         attributes = getattr(span, "attributes", None)
     if not attributes:
@@ -205,27 +211,6 @@ def destination(span: Any) -> Tuple[Optional[str], Optional[int]]:
         if isinstance(value, str) and value:
             return value.strip("[]").lower(), port
     return None, port
-
-
-class _Fast:
-    """The processor's verified SDK shortcuts (its baggage context key and span class), read
-    once: the processor imports this module, so they are fetched on first use, not at import."""
-
-    loaded = False
-    baggage_key: Optional[str] = None
-    span_type: Any = None
-
-    @classmethod
-    def load(cls) -> None:
-        from lucidic_otel.sdk.processor import BAGGAGE_CONTEXT_KEY, SDK_SPAN_TYPE
-
-        cls.baggage_key, cls.span_type, cls.loaded = BAGGAGE_CONTEXT_KEY, SDK_SPAN_TYPE, True
-
-
-def _sdk_span_type() -> Any:
-    if not _Fast.loaded:
-        _Fast.load()
-    return _Fast.span_type
 
 
 class OutboundPolicy:
@@ -288,10 +273,9 @@ class OutboundPolicy:
 
 
 def _has_session_baggage(ctx: Context) -> bool:
-    if not _Fast.loaded:
-        _Fast.load()
-    if _Fast.baggage_key is not None:  # the SDK's dict, without a read-only proxy
-        entries = ctx.get(_Fast.baggage_key)
+    key = _fastpath.BAGGAGE_CONTEXT_KEY
+    if key is not None:  # the SDK's dict, without a read-only proxy
+        entries = ctx.get(key)
         return isinstance(entries, dict) and BAGGAGE_KEY in entries
     return baggage.get_baggage(BAGGAGE_KEY, ctx) is not None
 

@@ -14,6 +14,7 @@ import os
 import threading
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
@@ -23,36 +24,16 @@ from lucidic_otel.convert.events import llm_summary, span_to_event
 from lucidic_otel.convert.layers import LateMerge, LayerSpan, LayerTracker
 from lucidic_otel.delivery import sender
 from lucidic_otel.ids import event_id
-from lucidic_otel.launcher import bootstrap
 from lucidic_otel.outbox.store import SpanRecord, Store, default_store_path
-from lucidic_otel.sdk.processor import PROCESS_SESSION
+from lucidic_otel.sdk import _fastpath, registry
+from lucidic_otel.sdk.content import CONTENT_ATTRIBUTE_PREFIXES, strip_content
 from lucidic_otel.sessions.context import SESSION_ATTRIBUTE
 from lucidic_otel.sessions.lifecycle import END, INIT, JOURNAL, LifecycleJournal
+from lucidic_otel.sessions.resolve import PROCESS_SESSION
 
-logger = logging.getLogger("lucidic_otel")
+logger = logging.getLogger(__name__)
 
-# Span attributes that carry prompt, completion or tool text: removed when content is off.
-CONTENT_ATTRIBUTE_PREFIXES = (
-    "gen_ai.input.messages",
-    "gen_ai.output.messages",
-    "gen_ai.system_instructions",
-    "gen_ai.prompt",
-    "gen_ai.completion",
-    "gen_ai.tool.call.arguments",
-    "gen_ai.tool.call.result",
-    "gen_ai.tool.definitions",
-    "input.value",
-    "output.value",
-    "llm.input_messages",
-    "llm.output_messages",
-    "llm.prompts",
-)
-
-
-def strip_content(attributes: Mapping[str, Any]) -> Dict[str, Any]:
-    """``attributes`` without any prompt/completion/tool text."""
-    return {k: v for k, v in attributes.items() if not k.startswith(CONTENT_ATTRIBUTE_PREFIXES)}
-
+__all__ = ["CONTENT_ATTRIBUTE_PREFIXES", "LucidicSpanExporter", "strip_content"]
 
 def _copy(attributes: Mapping[str, Any]) -> Dict[str, Any]:
     """A plain dict of ``attributes``; the SDK's proxy has a C-level ``copy``, much cheaper."""
@@ -62,6 +43,22 @@ def _copy(attributes: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 _SPAN_KINDS = ("INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
+
+
+def _kind(span: ReadableSpan) -> str:
+    return _SPAN_KINDS[span.kind.value] if span.kind is not None else "INTERNAL"
+
+
+def _span_events(span: ReadableSpan, capture: bool) -> List[Dict[str, Any]]:
+    """The span's events as stored: without content attributes unless content is captured."""
+    return [
+        {
+            "name": e.name,
+            "time_ns": e.timestamp,
+            "attributes": (dict if capture else strip_content)(e.attributes or {}),
+        }
+        for e in span.events
+    ]
 
 
 def _drop_llm_claim(record: SpanRecord) -> None:
@@ -86,6 +83,11 @@ class LucidicSpanExporter(SpanExporter):
 
     Constructed by the SDK with no arguments, so it reads its settings itself. The store is
     opened lazily on the export thread.
+
+    What it owns: the store it opened itself (not one it was given), closed by
+    :meth:`shutdown` unless delivery shares it. Its exit flush (registered with delivery) and
+    the lifecycle journal's flusher stay after shutdown on purpose: a program that shuts its
+    provider down before its sessions end at exit would otherwise lose their end records.
     """
 
     def __init__(
@@ -94,8 +96,12 @@ class LucidicSpanExporter(SpanExporter):
         store: Optional[Store] = None,
         journal: LifecycleJournal = JOURNAL,
     ) -> None:
+        if _fastpath.built_by_sdk_configuration():
+            # The SDK's exporter list: it adds this exporter to the provider it made global.
+            registry.ATTACHED.add(trace.get_tracer_provider(), registry.PIPELINE)
         self._settings = settings or get_settings()
         self._store = store
+        self._owns_store = store is None
         self._journal = journal
         self._lock = threading.Lock()
         self._shutdown = False
@@ -150,6 +156,7 @@ class LucidicSpanExporter(SpanExporter):
         return self._last_resource_attributes
 
     def _record(self, span: ReadableSpan, pid: int) -> tuple[SpanRecord, Optional[dict]]:
+        """The stored row of ``span`` and, when it maps to a Lucidic event, that event."""
         ctx = span.context
         attributes: Mapping[str, Any] = span.attributes or {}
         session_id = attributes.get(SESSION_ATTRIBUTE) or PROCESS_SESSION.session_id
@@ -157,12 +164,8 @@ class LucidicSpanExporter(SpanExporter):
         event = None
         if session_id is not None:
             event = span_to_event(span, str(session_id), None, capture_content=capture)
-        stored_attributes = _copy(attributes) if capture else strip_content(attributes)
-        summary = (
-            llm_summary(span)
-            if event is not None and event.get("type") == "llm_generation"
-            else None
-        )
+        is_llm = event is not None and event.get("type") == "llm_generation"
+        summary = (llm_summary(span) if is_llm else None) or {}
         parent = span.parent
         resource = self._resource_attributes(span)
         status = span.status
@@ -172,33 +175,24 @@ class LucidicSpanExporter(SpanExporter):
             parent_span_id=f"{parent.span_id:016x}" if parent is not None else None,
             session_id=None if session_id is None else str(session_id),
             name=span.name,
-            kind=_SPAN_KINDS[span.kind.value] if span.kind is not None else "INTERNAL",
+            kind=_kind(span),
             service=str(resource.get("service.name", "unknown_service")),
             pid=pid,
             start_ns=span.start_time or 0,
             end_ns=span.end_time or 0,
             status_code=status.status_code.name,
             status_message=status.description,
-            attributes=stored_attributes,
-            events=[
-                {
-                    "name": e.name,
-                    "time_ns": e.timestamp,
-                    "attributes": dict(e.attributes or {})
-                    if capture
-                    else strip_content(e.attributes or {}),
-                }
-                for e in span.events
-            ],
+            attributes=_copy(attributes) if capture else strip_content(attributes),
+            events=_span_events(span, capture),
             resource=resource,
             event_id=event["client_event_id"]
             if event is not None
             else event_id(ctx.trace_id, ctx.span_id),
             event_type=event.get("type") if event is not None else None,
-            model=summary.get("model") if summary else None,
-            input_tokens=summary.get("input_tokens") if summary else None,
-            output_tokens=summary.get("output_tokens") if summary else None,
-            cost=summary.get("cost") if summary else None,
+            model=summary.get("model"),
+            input_tokens=summary.get("input_tokens"),
+            output_tokens=summary.get("output_tokens"),
+            cost=summary.get("cost"),
         )
         return record, event
 
@@ -273,7 +267,7 @@ class LucidicSpanExporter(SpanExporter):
 
     def _record_setup(self, spans: Sequence[ReadableSpan]) -> None:
         """Once per process: how OpenTelemetry was set up here, for ``doctor`` to show."""
-        report = bootstrap.setup_report()
+        report = registry.setup_report()
         if not report or not spans:
             return
         self._setup_recorded = True
@@ -322,7 +316,21 @@ class LucidicSpanExporter(SpanExporter):
             return False
 
     def shutdown(self, timeout_millis: int = 30000, **kwargs: Any) -> None:
+        """Write the waiting lifecycle records, refuse further exports and close the store's
+        connections if this exporter opened the store and delivery does not share it.
+
+        With delivery on, the sender holds the same store (its threads may still deliver from
+        it at exit, and closing a memory fallback would lose what it holds): delivery's exit
+        sequence owns it then. A closed file store reopens lazily if a lifecycle record is
+        written after shutdown.
+        """
         if self._shutdown:
             return
         self.force_flush(timeout_millis)
         self._shutdown = True
+        store = self._store
+        if store is not None and self._owns_store and not self._settings.delivery_enabled:
+            try:
+                store.close()
+            except Exception:  # noqa: BLE001 - shutdown runs at exit: never raise there
+                logger.debug("lucidic-otel: could not close the store", exc_info=True)

@@ -5,33 +5,24 @@ possible: a few dictionary lookups in the parent context and one locked attribut
 never raises. Stamping happens in ``on_start`` because exporters only see spans in ``on_end``,
 when attributes are frozen; where the processor sits in the chain does not matter.
 
-Hot-path shortcuts (measured by ``bench/span_overhead.py``; see docs/performance.md). Each reads
-an SDK private name, is verified once at import against the public API, and falls back to the
-public API when the SDK no longer looks the way it was verified:
-
-- the baggage and current-span entries are read from the context with one lookup each, with
-  the SDK's own context keys, instead of through ``baggage.get_baggage``/``get_current_span``;
-- a local parent's stamp is read from its attribute dict, without a mapping-proxy wrapper;
-- the two session attributes are written straight into the new span's attribute dict under
-  the span's lock (the lock ``set_attribute`` takes), but only when that is exactly what
-  ``set_attributes`` would do: the span is an SDK span, still open, the value is a ``str`` no
-  longer than the length limit, neither key is set yet, and there is room for both under the
-  count limit. Anything else (ended span, limits that would truncate or evict, a key to
-  re-set) goes through the public ``set_attributes``, warnings and accounting included.
+Its hot path reads the context, the parent span and the new span through the SDK shortcuts
+of :mod:`~lucidic_otel.sdk._fastpath` (verified at import, public API otherwise; measured by
+``bench/span_overhead.py``, see docs/performance.md). The constants below are this module's
+copies of them, read at call time, so a test can switch a shortcut off here.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Optional
 
-from opentelemetry import baggage, trace
-from opentelemetry.attributes import BoundedAttributes
+from opentelemetry import baggage
 from opentelemetry.context import Context, get_current
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import get_current_span
 
 from lucidic_otel.config import Settings, get_settings
+from lucidic_otel.sdk import _fastpath
 from lucidic_otel.sdk.egress import LLM_CALLS
 from lucidic_otel.sessions.context import (
     BAGGAGE_KEY,
@@ -39,108 +30,23 @@ from lucidic_otel.sessions.context import (
     SESSION_ATTRIBUTE,
     SESSION_KEY,
 )
+from lucidic_otel.sessions.resolve import PROCESS_SESSION, ProcessSession
 from lucidic_otel.sessions.trust import BaggageTrust
 
-logger = logging.getLogger("lucidic_otel")
+logger = logging.getLogger(__name__)
 
+__all__ = ["PROCESS_SESSION", "ProcessSession", "LucidicSpanProcessor", "adopt", "stamp"]
 
-def _verified_baggage_key() -> Optional[str]:
-    """The SDK's private context key for baggage, if it holds baggage as a dict; else None."""
-    try:
-        from opentelemetry.baggage import _BAGGAGE_KEY
-
-        probe = baggage.set_baggage("lucidic.probe", "v", Context())
-        entries = probe.get(_BAGGAGE_KEY)
-        if isinstance(entries, dict) and entries.get("lucidic.probe") == "v":
-            return _BAGGAGE_KEY
-    except Exception:
-        pass
-    return None
-
-
-def _verified_span_key() -> Optional[str]:
-    """The SDK's private context key for the current span, if it holds the span; else None."""
-    try:
-        from opentelemetry.trace.propagation import _SPAN_KEY
-
-        span = trace.NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)
-        if trace.set_span_in_context(span, Context()).get(_SPAN_KEY) is span:
-            return _SPAN_KEY
-    except Exception:
-        pass
-    return None
-
-
-def _verified_span_type() -> Optional[type]:
-    """The SDK's span class, if its attributes and lock look as the fast paths expect."""
-    try:
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import _Span
-
-        span: Any = _Span("probe", trace.INVALID_SPAN_CONTEXT, resource=Resource({}))
-        span.start()
-        attributes = span._attributes
-        with span._lock:
-            ok = (
-                type(attributes) is BoundedAttributes
-                and type(attributes._dict) is dict
-                and span._end_time is None
-                and attributes._immutable is False
-                and "maxlen" in vars(attributes)
-                and "max_value_len" in vars(attributes)
-            )
-        span.set_attribute(SESSION_ATTRIBUTE, "v")
-        ok = ok and attributes._dict.get(SESSION_ATTRIBUTE) == "v"
-        span.end()
-        return _Span if ok and attributes._immutable is True else None
-    except Exception:
-        return None
-
-
-#: Verified once at import; None selects the public API.
-BAGGAGE_CONTEXT_KEY: Optional[str] = _verified_baggage_key()
-SPAN_CONTEXT_KEY: Optional[str] = _verified_span_key()
-SDK_SPAN_TYPE: Optional[type] = _verified_span_type()
-
-
-class ProcessSession:
-    """The process-wide default session (from ``init()`` or the environment).
-
-    A plain attribute read is all the processor pays for it; writes are rare.
-    """
-
-    __slots__ = ("session_id",)
-
-    def __init__(self) -> None:
-        self.session_id: Optional[str] = None
-
-
-PROCESS_SESSION = ProcessSession()
+#: The verified shortcuts (None selects the public API); see :mod:`._fastpath`.
+BAGGAGE_CONTEXT_KEY: Optional[str] = _fastpath.BAGGAGE_CONTEXT_KEY
+SPAN_CONTEXT_KEY: Optional[str] = _fastpath.SPAN_CONTEXT_KEY
+SDK_SPAN_TYPE: Optional[type] = _fastpath.SDK_SPAN_TYPE
 
 
 def stamp(span: Span, sid: str) -> None:
     """Set both session attributes on ``span``, exactly as ``set_attributes`` would."""
-    if type(span) is SDK_SPAN_TYPE and type(sid) is str:
-        attributes: Any = span._attributes  # type: ignore[attr-defined]
-        lock = span._lock  # type: ignore[attr-defined]
-        lock.acquire()  # measured cheaper than ``with`` here; released on every path
-        try:
-            maxlen = attributes.maxlen
-            max_value_len = attributes.max_value_len
-            values = attributes._dict
-            if (
-                span._end_time is None  # type: ignore[attr-defined]
-                and not attributes._immutable
-                and (maxlen is None or len(values) + 2 <= maxlen)
-                and (max_value_len is None or len(sid) <= max_value_len)
-                and SESSION_ATTRIBUTE not in values  # a re-set key moves to the end
-                and SEMCONV_SESSION_ATTRIBUTE not in values
-            ):
-                values[SESSION_ATTRIBUTE] = sid
-                values[SEMCONV_SESSION_ATTRIBUTE] = sid
-                return
-        finally:
-            lock.release()
+    if type(span) is SDK_SPAN_TYPE and type(sid) is str and _fastpath.stamp_in_place(span, sid):
+        return
     span.set_attributes({SESSION_ATTRIBUTE: sid, SEMCONV_SESSION_ATTRIBUTE: sid})
 
 
@@ -164,9 +70,9 @@ def adopt(span: object, sid: str) -> bool:
 class LucidicSpanProcessor(SpanProcessor):
     """Sets ``lucidic.session_id`` and ``session.id`` on every span that has a session.
 
-    Precedence (DESIGN.md 2.2): the active session in the parent context, then the trusted
-    baggage entry, then the parent span's stamp when the parent is a local span, then the
-    process default. The first that gives a value wins.
+    Precedence (:mod:`lucidic_otel.sessions.resolve`): the active session in the parent
+    context, then the trusted baggage entry, then the parent span's stamp when the parent is a
+    local span, then the process default. The first that gives a value wins.
     """
 
     #: Marks instances so that installers can recognise one without importing this class.
@@ -202,7 +108,7 @@ class LucidicSpanProcessor(SpanProcessor):
         else:
             parent = get_current_span(ctx)
         if type(parent) is SDK_SPAN_TYPE:
-            stamped = parent._attributes._dict.get(SESSION_ATTRIBUTE)  # type: ignore[union-attr]
+            stamped = _fastpath.attributes_of(parent).get(SESSION_ATTRIBUTE)
             if stamped is not None:
                 return stamped
         elif isinstance(parent, ReadableSpan):
@@ -220,13 +126,11 @@ class LucidicSpanProcessor(SpanProcessor):
                 stamp(span, sid)
             # Which open spans are LLM calls, for the outbound baggage policy (egress).
             attributes = (
-                span._attributes._dict  # type: ignore[attr-defined]
-                if type(span) is SDK_SPAN_TYPE
-                else span.attributes
+                _fastpath.attributes_of(span) if type(span) is SDK_SPAN_TYPE else span.attributes
             )
             LLM_CALLS.on_start(span, attributes)
-        except Exception:  # telemetry must never break the application
-            self.failures += 1
+        except Exception:  # noqa: BLE001 - telemetry must never break the application
+            self.failures += 1  # counted per processor (read by tests and doctor): logged once
             if self.failures == 1:
                 logger.exception("lucidic-otel: could not stamp a span with its session")
 

@@ -163,7 +163,7 @@ def test_the_builtin_list_names_the_providers_the_docs_promise() -> None:
                  "generativelanguage.googleapis.com", "bedrock*.amazonaws.com",
                  "api.mistral.ai", "api.groq.com", "*.lucidic.ai"):
         assert host in hosts
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
     assert all(f"`{host}`" in docs for host in PROVIDER_HOSTS), "docs/security.md is behind"
 
 
