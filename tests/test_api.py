@@ -81,7 +81,8 @@ def api_warnings(caplog: pytest.LogCaptureFixture) -> List[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == API_WARNINGS and r.levelno == logging.WARNING
+        if (r.name == API_WARNINGS or r.name.startswith(API_WARNINGS + "."))
+        and r.levelno == logging.WARNING
     ]
 
 

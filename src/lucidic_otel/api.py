@@ -1,4 +1,10 @@
-"""The public session API (names fixed by DESIGN.md section 4, mirroring the Lucidic TS SDK).
+"""The public API of lucidic-otel: the thin facade over :mod:`lucidic_otel.sessions`.
+
+Names mirror the Lucidic TypeScript SDK. What is here is what needs the whole stack: ``init``
+and ``with_lucidic`` configure OpenTelemetry (the launcher's distro and configurator) and
+record sessions; ``end_session``, ``flush``, ``inject_env`` and ``carry_context`` reach the span
+pipeline. Scoping work into a session (``session``, ``with_session``, ``set_active_session``,
+``clear_active_session``) lives in :mod:`lucidic_otel.sessions.scope` and is re-exported here.
 
 Every call validates its arguments and reports a bad one with a message naming it and what is
 allowed. Nothing here raises into the application except in strict mode (``LUCIDIC_STRICT``):
@@ -7,12 +13,9 @@ a bad session id makes the work run without that session, never fail.
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import inspect
 import logging
-import os
-from contextvars import ContextVar
 from typing import (
     Any,
     Awaitable,
@@ -31,26 +34,54 @@ from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
+from lucidic_otel import _diagnostics
 from lucidic_otel.config import ConfigError, Settings, get_settings, set_overrides
-from lucidic_otel.ids import new_session_id, session_id_error
+from lucidic_otel.ids import new_session_id
 from lucidic_otel.launcher import bootstrap
 from lucidic_otel.launcher import origin as launch
 from lucidic_otel.launcher.exit import take_sigterm_in_worker
 from lucidic_otel.sdk.processor import PROCESS_SESSION, adopt
-from lucidic_otel.sessions.context import (
-    BAGGAGE_KEY,
-    active_session,
-    context_with_session,
-    context_without_session,
+from lucidic_otel.sessions import resolve
+from lucidic_otel.sessions.arguments import (
+    NEW_SESSION,
+    checked_fields,
+    checked_session_id,
+    report_invalid,
 )
+from lucidic_otel.sessions.context import BAGGAGE_KEY, active_session, context_with_session
 from lucidic_otel.sessions.lifecycle import REGISTRY, flush_spans
+from lucidic_otel.sessions.propagation import CarriedContext
 from lucidic_otel.sessions.propagation import extract_env as _extract_env
 from lucidic_otel.sessions.propagation import inject_env as _inject_env
+from lucidic_otel.sessions.scope import (
+    clear_active_session,
+    session,
+    set_active_session,
+    set_span_adopter,
+    with_session,
+)
 
-logger = logging.getLogger("lucidic_otel")
+__all__ = [
+    "carry_context",
+    "clear_active_session",
+    "current_session_id",
+    "end_session",
+    "extract_env",
+    "flush",
+    "init",
+    "inject_env",
+    "session",
+    "set_active_session",
+    "with_lucidic",
+    "with_session",
+]
+
+logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
-Token = object
+
+# A scope stamps the span it opens inside through the SDK's adopt (sessions/ knows no SDK).
+set_span_adopter(adopt)
 
 _INIT_FIELDS = (
     "task",
@@ -61,65 +92,8 @@ _INIT_FIELDS = (
     "production_monitoring",
 )
 
-
-def _invalid(message: str) -> None:
-    """Report a bad argument: an error in strict mode, one warning line otherwise."""
-    if get_settings().strict:
-        raise ConfigError(message)
-    logger.warning("lucidic-otel: %s", message)
-
-
-def _checked_session_id(
-    session_id: object, where: str, consequence: str = "running without this session"
-) -> Optional[str]:
-    """``session_id`` if valid; else None after one message naming ``where`` and what happens
-    instead (``consequence``), which differs by call: ``init`` starts a new session."""
-    reason = session_id_error(session_id)
-    if reason is None:
-        return session_id  # type: ignore[return-value]
-    _invalid(f"{where}: session_id {str(session_id)[:80]!r} {reason}; {consequence}")
-    return None
-
-
-_NEW_SESSION = "starting a new session with a random id instead"
-
-
-def _checked_fields(where: str, fields: Dict[str, Any]) -> Dict[str, Any]:
-    """Drop (and report) init/end fields whose type the backend would reject."""
-    clean: Dict[str, Any] = {}
-    for key, value in fields.items():
-        if value is None:
-            continue
-        ok = True
-        if key in ("tags", "evaluators"):
-            ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-            value = list(value) if ok else value
-        elif key in ("is_successful", "production_monitoring"):
-            ok = isinstance(value, bool)
-        elif key == "session_eval":
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
-            value = float(value) if ok else value
-        elif key in (
-            "session_name",
-            "task",
-            "is_successful_reason",
-            "session_eval_reason",
-            "experiment_id",
-            "datasetitem_id",
-        ):
-            ok = isinstance(value, str)
-        if ok:
-            clean[key] = value
-        else:
-            allowed = {
-                "tags": "a list of str",
-                "evaluators": "a list of str",
-                "is_successful": "a bool",
-                "production_monitoring": "a bool",
-                "session_eval": "a number from 0.0 to 1.0",
-            }.get(key, "a str")
-            _invalid(f"{where}: {key}={value!r} is not valid: expected {allowed}; ignored")
-    return clean
+# kept for tests/conftest.py until it resets _diagnostics
+_warned_unknown_end = False
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -142,6 +116,17 @@ def _configure_sdk(instrument: Optional[Iterable[str]]) -> None:
     bootstrap.after_sdk_ready()
     if instrument:
         _instrument(instrument)
+
+
+def _configure_sdk_or_log(instrument: Optional[Iterable[str]], where: str) -> None:
+    """:func:`_configure_sdk`, where a failure costs the spans but never the caller's work
+    (a :class:`ConfigError`, raised only in strict mode, goes through)."""
+    try:
+        _configure_sdk(instrument)
+    except ConfigError:
+        raise
+    except Exception:
+        logger.exception("lucidic-otel: %s could not configure OpenTelemetry", where)
 
 
 # Names users know, mapped to instrumentor entry points: a library name can stand for a
@@ -189,11 +174,11 @@ def _instrument(names: Iterable[str]) -> None:
     installed = {ep.name: ep for ep in entry_points(group="opentelemetry_instrumentor")}
     for name in wanted:
         if not isinstance(name, str):
-            _invalid(f"init: instrument entry {name!r} is not a str; ignored")
+            report_invalid(f"init: instrument entry {name!r} is not a str; ignored")
             continue
         candidates = [c for c in _entry_names(name) if c in installed]
         if not candidates:
-            _invalid(
+            report_invalid(
                 f"init: instrument={name!r} names no installed instrumentation; installed: "
                 f"{sorted(installed)}; install the matching opentelemetry-instrumentation-* "
                 "package"
@@ -201,7 +186,7 @@ def _instrument(names: Iterable[str]) -> None:
             continue
         reasons = {c: _apply_instrumentor(installed[c]) for c in candidates}
         if all(reasons.values()):
-            _invalid(
+            report_invalid(
                 f"init: instrument={name!r} could not be applied ("
                 + "; ".join(f"{c}: {r}" for c, r in reasons.items())
                 + "); its spans will not be recorded"
@@ -223,29 +208,47 @@ def init(
     agent_id: Optional[str] = None,
     **session_fields: Any,
 ) -> str:
-    """Start (or continue) a session and make it this process's session. Returns its id.
+    """Start (or continue) a session and make it this process's session.
 
     The session becomes the process default (spans with no other session get it) and is bound
     in the caller's context, so work started from here, including calls to other services,
-    carries it. With ``auto_end`` (default ``LUCIDIC_AUTO_END``) it is ended at exit after its
-    spans. Outside the launcher this also configures the SDK from the usual variables.
+    carries it. Outside the launcher this also configures the SDK from the usual variables.
+
+    Args:
+        session_name: the name shown in Lucidic.
+        session_id: continue this session (1-128 chars of ``[A-Za-z0-9._:-]``); default, or
+            when invalid (reported), a new random id.
+        auto_end: end the session at exit, after its spans (default ``LUCIDIC_AUTO_END``).
+        tags: session tags, a list of str.
+        task: the session's task description.
+        instrument: instrumentations to apply, by library or entry-point name
+            (``["openai", "httpx"]``).
+        api_key: the Lucidic API key, kept in memory only (never written to ``os.environ``,
+            which every child process would inherit); default ``LUCIDIC_API_KEY``.
+        agent_id: the Lucidic agent id; default ``LUCIDIC_AGENT_ID``.
+        **session_fields: ``experiment_id``, ``datasetitem_id``, ``evaluators``,
+            ``production_monitoring``; any other name is reported and ignored.
+
+    Returns:
+        The session id.
+
+    Examples:
+        >>> import lucidic_otel
+        >>> sid = lucidic_otel.init("nightly-eval", tags=["batch"], instrument=["openai"])
     """
     if api_key is not None or agent_id is not None:
         # In memory only: os.environ would hand the key to every child process.
         set_overrides(LUCIDIC_API_KEY=api_key, LUCIDIC_AGENT_ID=agent_id)
     settings = get_settings()
-    try:
-        _configure_sdk(instrument)
-    except ConfigError:
-        raise
-    except Exception:
-        logger.exception("lucidic-otel: init could not configure OpenTelemetry")
-    sid = None if session_id is None else _checked_session_id(session_id, "init", _NEW_SESSION)
+    _configure_sdk_or_log(instrument, "init")
+    sid = None if session_id is None else checked_session_id(session_id, "init", NEW_SESSION)
     sid = sid or new_session_id()
     unknown = set(session_fields) - set(_INIT_FIELDS)
     if unknown:
-        _invalid(f"init: unknown arguments {sorted(unknown)!r}; allowed: {list(_INIT_FIELDS)}")
-    fields = _checked_fields(
+        report_invalid(
+            f"init: unknown arguments {sorted(unknown)!r}; allowed: {list(_INIT_FIELDS)}"
+        )
+    fields = checked_fields(
         "init",
         {
             "session_name": session_name,
@@ -265,175 +268,12 @@ def init(
 
 
 def _start_process_session(settings: Settings) -> None:
-    """Zero-code start from ``LUCIDIC_SESSION_NAME``; children inherit the id and join."""
-    sid = settings.session_id or new_session_id()
-    REGISTRY.open(sid, name=settings.session_name, auto_end=settings.auto_end)
-    PROCESS_SESSION.session_id = sid
-    otel_context.attach(context_with_session(sid))
-    os.environ["LUCIDIC_SESSION_ID"] = sid
-    os.environ.pop("LUCIDIC_SESSION_NAME", None)
-
-
-def _adopt_current_span(session_id: str) -> None:
-    """The span a scope opens inside (a server span) joins the scope's session if it has none."""
-    try:
-        adopt(trace.get_current_span(), session_id)
-    except Exception:  # telemetry must never stop the work itself
-        logger.debug("lucidic-otel: could not stamp the enclosing span", exc_info=True)
-
-
-# The tokens of entered ``session`` blocks, per context: a token can only be detached in the
-# context (thread or task) that attached it, and one ``session`` object may be entered by
-# several threads or tasks at once. Only tokens live here; the session itself lives in the
-# OTel context.
-_open_scopes: ContextVar[Tuple[Tuple[object, object], ...]] = ContextVar(
-    "lucidic_otel_open_scopes", default=()
-)
-
-
-class session:  # noqa: N801 - a context manager named like a function, as contextlib's are
-    """Bind ``session_id`` as the active session for a block, a function or a coroutine.
-
-    ``with session(sid):`` / ``async with session(sid):`` / ``@session(sid)`` on sync,
-    async, generator and async-generator functions. Each entry attaches one OTel context and
-    each exit detaches exactly that one, so scopes nest and never leak across requests.
-    Spans that were already open when the scope started keep their own session.
-    """
-
-    def __init__(self, session_id: str, *, _where: str = "session") -> None:
-        self.session_id = _checked_session_id(session_id, _where)
-        self._opened = False
-
-    def _context(self) -> Context:
-        if self.session_id is None:
-            return otel_context.get_current()
-        if not self._opened:  # on first use, so a decorator at import time records nothing
-            self._opened = True
-            REGISTRY.open(self.session_id)
-        _adopt_current_span(self.session_id)
-        return context_with_session(self.session_id)
-
-    def __enter__(self) -> Optional[str]:
-        token = otel_context.attach(self._context())
-        _open_scopes.set(_open_scopes.get() + ((self, token),))
-        return self.session_id
-
-    def __exit__(self, *exc: Any) -> None:
-        scopes = _open_scopes.get()
-        for i in range(len(scopes) - 1, -1, -1):
-            if scopes[i][0] is self:
-                _open_scopes.set(scopes[:i] + scopes[i + 1 :])
-                otel_context.detach(scopes[i][1])
-                return
-
-    async def __aenter__(self) -> Optional[str]:
-        return self.__enter__()
-
-    async def __aexit__(self, *exc: Any) -> None:
-        self.__exit__(*exc)
-
-    def __call__(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        scope = self._context
-
-        if inspect.isasyncgenfunction(fn):
-
-            @functools.wraps(fn)
-            async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                # Like ``yield from``: values, athrow() and aclose() all reach ``agen``.
-                agen = fn(*args, **kwargs)
-                resume: Callable[[Any], Awaitable[Any]] = agen.asend
-                arg: Any = None
-                while True:
-                    token = otel_context.attach(scope())
-                    try:
-                        item = await resume(arg)
-                    except StopAsyncIteration:
-                        return
-                    finally:
-                        otel_context.detach(token)
-                    try:
-                        arg = yield item
-                        resume = agen.asend
-                    except GeneratorExit:
-                        token = otel_context.attach(scope())
-                        try:
-                            await agen.aclose()
-                        finally:
-                            otel_context.detach(token)
-                        raise
-                    except BaseException as exc:
-                        resume, arg = agen.athrow, exc
-
-            return agen_wrapper
-
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                token = otel_context.attach(scope())
-                try:
-                    return await fn(*args, **kwargs)
-                finally:
-                    otel_context.detach(token)
-
-            return async_wrapper
-
-        if inspect.isgeneratorfunction(fn):
-
-            @functools.wraps(fn)
-            def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                # Like ``yield from``: values, throw() and close() all reach ``gen``.
-                gen = fn(*args, **kwargs)
-                resume: Callable[[Any], Any] = gen.send
-                arg: Any = None
-                while True:
-                    token = otel_context.attach(scope())
-                    try:
-                        item = resume(arg)
-                    except StopIteration as stop:
-                        return stop.value
-                    finally:
-                        otel_context.detach(token)
-                    try:
-                        arg = yield item
-                        resume = gen.send
-                    except GeneratorExit:
-                        token = otel_context.attach(scope())
-                        try:
-                            gen.close()
-                        finally:
-                            otel_context.detach(token)
-                        raise
-                    except BaseException as exc:
-                        resume, arg = gen.throw, exc
-
-            return gen_wrapper
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            token = otel_context.attach(scope())
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                otel_context.detach(token)
-
-        return wrapper
-
-
-def with_session(
-    session_id: str, fn: Callable[..., R], *args: Any, **kwargs: Any
-) -> Union[R, Awaitable[R]]:
-    """Run ``fn(*args, **kwargs)`` with ``session_id`` active and return its result.
-
-    For a coroutine function the result is an awaitable that runs it inside the session. The
-    session is started (recorded) on first use and never ended here: a conversation spans many
-    requests. End it with :func:`end_session` when it is over, or use :func:`with_lucidic` for
-    work that is the whole session.
-    """
-    if not callable(fn):
-        _invalid(f"with_session: fn={fn!r} is not callable; nothing was run")
-        return None  # type: ignore[return-value]
-    return session(session_id, _where="with_session")(fn)(*args, **kwargs)
+    """Alias of :func:`lucidic_otel.sessions.resolve.start_process_session`, kept while
+    ``launcher/bootstrap.py`` imports it from here."""
+    resolve.start_process_session(settings)
+    # Until the processor takes its PROCESS_SESSION from sessions.resolve, two objects exist;
+    # keep the one the processor reads in step (a no-op once they are the same object).
+    PROCESS_SESSION.session_id = resolve.PROCESS_SESSION.session_id
 
 
 def with_lucidic(
@@ -445,26 +285,36 @@ def with_lucidic(
 ) -> Union[R, Awaitable[R]]:
     """One-shot session: start it, run ``fn`` in it, flush its spans, end it, unbind it.
 
-    Keyword arguments named like ``init`` fields (``task``, ``tags``, ...) configure the
-    session; the rest go to ``fn``. ``auto_end`` is ignored: the session always ends here.
+    Args:
+        fn: the work that is the whole session; a coroutine function gives an awaitable.
+        *args: positional arguments for ``fn``.
+        session_name: the name shown in Lucidic.
+        session_id: the session's id (default, or when invalid: a new random one).
+        **kwargs: keyword arguments named like ``init`` fields (``task``, ``tags``, ...)
+            configure the session; ``auto_end`` is ignored (the session always ends here); the
+            rest go to ``fn``.
+
+    Returns:
+        What ``fn`` returns (an awaitable for a coroutine function); None, after one message,
+        when ``fn`` is not callable.
+
+    Examples:
+        >>> result = lucidic_otel.with_lucidic(evaluate, item, session_name="eval", task="qa")
     """
     init_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _INIT_FIELDS}
     kwargs.pop("auto_end", None)
     if not callable(fn):
-        _invalid(f"with_lucidic: fn={fn!r} is not callable; nothing was run and no session started")
+        report_invalid(
+            f"with_lucidic: fn={fn!r} is not callable; nothing was run and no session started"
+        )
         return None  # type: ignore[return-value]
     sid = None
     if session_id is not None:
-        sid = _checked_session_id(session_id, "with_lucidic", _NEW_SESSION)
+        sid = checked_session_id(session_id, "with_lucidic", NEW_SESSION)
     sid = sid or new_session_id()
-    fields = _checked_fields("with_lucidic", {"session_name": session_name, **init_kwargs})
+    fields = checked_fields("with_lucidic", {"session_name": session_name, **init_kwargs})
     name = fields.pop("session_name", None)
-    try:
-        _configure_sdk(None)  # also adds the processor to a provider the user set up
-    except ConfigError:
-        raise
-    except Exception:
-        logger.exception("lucidic-otel: with_lucidic could not configure OpenTelemetry")
+    _configure_sdk_or_log(None, "with_lucidic")  # also adds the processor to the user's provider
     REGISTRY.open(sid, name=name, auto_end=False, **fields)
     REGISTRY.store_now()
     scoped = session(sid)(fn)
@@ -485,54 +335,6 @@ def with_lucidic(
         REGISTRY.end(sid, {}, wait=True)
 
 
-def set_active_session(session_id: str) -> Token:
-    """Bind ``session_id`` for the rest of the current context (thread, task or callback).
-
-    For detached roots (threads, timers, queue consumers) where no block encloses the work.
-    Pass the returned token to :func:`clear_active_session` to restore what was there before.
-    """
-    sid = _checked_session_id(session_id, "set_active_session")
-    if sid is None:
-        return otel_context.attach(otel_context.get_current())
-    REGISTRY.open(sid)
-    _adopt_current_span(sid)
-    return otel_context.attach(context_with_session(sid))
-
-
-def clear_active_session(token: Optional[Token] = None) -> None:
-    """Undo :func:`set_active_session`; without a token, unbind any session in this context.
-
-    A token that is not one of ours, or that belongs to another thread or task, cannot be
-    undone here: one message says so and the session is unbound in this context instead (what
-    the caller wanted), rather than OpenTelemetry's "Failed to detach context" traceback.
-    """
-    if token is None:
-        otel_context.attach(context_without_session())
-        return
-    problem = _detach(token)
-    if problem is not None:
-        _invalid(
-            f"clear_active_session: token={str(token)[:80]!r} {problem}; unbinding any "
-            "session in this context instead"
-        )
-        otel_context.attach(context_without_session())
-
-
-def _detach(token: object) -> Optional[str]:
-    """Detach ``token``; the reason it cannot be, or None when it was."""
-    if not isinstance(token, contextvars.Token):
-        return "is not a token returned by set_active_session"
-    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
-    try:
-        if runtime is None:
-            otel_context.detach(token)
-        else:  # its own errors, instead of the public detach's logged traceback
-            runtime.detach(token)
-    except (ValueError, RuntimeError):
-        return "was made in another thread or task, or was already used"
-    return None
-
-
 def end_session(
     session_id: Optional[str] = None,
     *,
@@ -541,24 +343,38 @@ def end_session(
     session_eval: Optional[float] = None,
     session_eval_reason: Optional[str] = None,
 ) -> bool:
-    """End a session (default: the current one) after its finished spans. Idempotent.
+    """End a session after its finished spans. Idempotent; safe from any thread or task.
 
-    Returns True the first time for a session started or joined here; False when it was
-    already ended, when there is no such session, and for a session this process never
-    started or joined (its end is still recorded, once: it may be another worker's or
-    service's session). Safe from any thread or task; the flush happens on a background thread.
+    The flush that puts the end after the session's spans happens on a background thread.
+
+    Args:
+        session_id: the session to end; default the current one, which must have been
+            started here (a session joined from upstream is ended by the service that started
+            it).
+        is_successful: the outcome.
+        is_successful_reason: why.
+        session_eval: a score from 0.0 to 1.0.
+        session_eval_reason: why that score.
+
+    Returns:
+        True the first time for a session started or joined here; False when it was already
+        ended, when there is no such session, and for a session this process never started or
+        joined (its end is still recorded, once: it may be another worker's or service's).
+
+    Examples:
+        >>> lucidic_otel.end_session(sid, is_successful=True, session_eval=0.9)
+        True
     """
-    sid = (
-        current_session_id()
-        if session_id is None
-        else _checked_session_id(session_id, "end_session")
-    )
+    if session_id is None:
+        sid = current_session_id()
+    else:
+        sid = checked_session_id(session_id, "end_session")
     if sid is None:
         if session_id is None:
-            _invalid("end_session: there is no current session to end; pass session_id")
+            report_invalid("end_session: there is no current session to end; pass session_id")
         return False
     if session_id is None and not REGISTRY.knows(sid):
-        _invalid(
+        report_invalid(
             f"end_session: the current session {sid!r} was joined from upstream (baggage or "
             "environment); the service that started it ends it; pass session_id to end it here"
         )
@@ -566,7 +382,7 @@ def end_session(
     known_here = session_id is None or REGISTRY.knows(sid) or sid == current_session_id()
     if not known_here:
         _unknown_end(sid)
-    fields = _checked_fields(
+    fields = checked_fields(
         "end_session",
         {
             "is_successful": is_successful,
@@ -581,17 +397,12 @@ def end_session(
     return ended and known_here
 
 
-_warned_unknown_end = False
-
-
 def _unknown_end(session_id: str) -> None:
     """Ending a session this process never started or joined: the end is still recorded (the
     session may belong to another worker or service), and the first time one message says so."""
-    global _warned_unknown_end
-    if _warned_unknown_end:
-        return
-    _warned_unknown_end = True
-    logger.warning(
+    _diagnostics.log_once(
+        logger,
+        "end_session:unknown",
         "lucidic-otel: end_session: session %r was not started or joined in this process; its "
         "end is recorded anyway, for a session another process or service started (Lucidic "
         "rejects it if none did, and `lucidic-otel doctor` lists the rejection); returning "
@@ -601,7 +412,16 @@ def _unknown_end(session_id: str) -> None:
 
 
 def current_session_id() -> Optional[str]:
-    """The session a span started here and now would be stamped with."""
+    """The session a span started here and now would be stamped with.
+
+    Returns:
+        The session id by the precedence rule (:mod:`lucidic_otel.sessions.resolve`), or None.
+
+    Examples:
+        >>> with lucidic_otel.session("conv-42"):
+        ...     lucidic_otel.current_session_id()
+        'conv-42'
+    """
     try:
         return bootstrap.session_processor().session_for(None)
     except Exception:
@@ -609,24 +429,46 @@ def current_session_id() -> Optional[str]:
 
 
 def flush(timeout_millis: int = 30000) -> bool:
-    """Export every finished span and record pending session ends; True if all went through.
+    """Export every finished span and record pending session ends.
 
     Call it at the end of work that exits without ``atexit`` (serverless handlers) or before a
     deliberate ``os._exit``.
+
+    Args:
+        timeout_millis: how long the span pipeline may take.
+
+    Returns:
+        True if everything went through in time.
+
+    Examples:
+        >>> def handler(event, context):
+        ...     try:
+        ...         return work(event)
+        ...     finally:
+        ...         lucidic_otel.flush()
     """
     REGISTRY.drain()
     return flush_spans(timeout_millis)
 
 
 def inject_env(env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    """Put the current session and trace into ``env`` for a child process; returns ``env``.
+    """Put the current session and trace into ``env`` for a child process.
 
-    ``subprocess.run(cmd, env=lucidic_otel.inject_env())``: a child started under the
-    launcher joins the session. The process default session is carried too when no scope is
-    active, so a child of an ``init()`` script joins from any thread.
+    A child started under the launcher joins the session. The process default session is
+    carried too when no scope is active, so a child of an ``init()`` script joins from any
+    thread.
+
+    Args:
+        env: the child's environment, changed in place; default a copy of ``os.environ``.
+
+    Returns:
+        ``env`` (or the copy) with ``TRACEPARENT``/``TRACESTATE``/``BAGGAGE`` set.
+
+    Examples:
+        >>> subprocess.run(cmd, env=lucidic_otel.inject_env())
     """
     if env is not None and not isinstance(env, MutableMapping):
-        _invalid(
+        report_invalid(
             f"inject_env: env={str(env)[:80]!r} is not valid: expected a dict of str to str, or "
             "None; returning a copy of os.environ with the context instead"
         )
@@ -641,17 +483,31 @@ def inject_env(env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
 
 
 def extract_env(env: Optional[Dict[str, str]] = None) -> Context:
-    """The context (trace and session) a parent left in ``env`` (default ``os.environ``)."""
+    """The context (trace and session) a parent process left in ``env``.
+
+    Args:
+        env: the environment to read; default ``os.environ``.
+
+    Returns:
+        An OTel context; attach it (``opentelemetry.context.attach``) to join.
+
+    Examples:
+        >>> token = opentelemetry.context.attach(lucidic_otel.extract_env())
+    """
     return _extract_env(env)
 
 
-def _recording_setup() -> Optional[Dict[str, Any]]:
-    """What a worker needs to record like this process, or None when this process does not
-    record through lucidic (no SDK provider with the session processor)."""
+# --- other processes ------------------------------------------------------------------------
+
+
+def _recording_setup() -> Optional[Callable[[], None]]:
+    """How a worker sets up recording like this process (a picklable call of
+    :func:`_record_here`), or None when this process does not record through lucidic (no SDK
+    provider with the session processor)."""
     provider = bootstrap.sdk_provider()
     if provider is None or not bootstrap.has_session_processor(provider):
         return None
-    return {"instrument": list(_instrumented)}
+    return functools.partial(_record_here, {"instrument": list(_instrumented)})
 
 
 def _record_here(setup: Dict[str, Any]) -> None:
@@ -665,74 +521,30 @@ def _record_here(setup: Dict[str, Any]) -> None:
     _configure_sdk([n for n in instrument or () if isinstance(n, str)] or None)
 
 
-class _CarriedContext:
-    """``fn`` bound to the trace and session that were current when it was made.
-
-    A plain object of four fields so that it pickles (by reference to ``fn``) into spawn and
-    forkserver children, which inherit no context at all, and into pool workers forked before
-    the session began. The session is carried as the active session, not only as baggage: the
-    carrier comes from this application, not from a caller, so the inbound baggage trust policy
-    (``LUCIDIC_BAGGAGE_TRUST=ignore`` at an edge) must not drop it. ``setup`` says how the
-    parent records, for a worker with no telemetry of its own (no credentials: the worker
-    writes to the shared store and the parent, which has them, delivers).
-    """
-
-    __slots__ = ("fn", "carrier", "session_id", "setup")
-
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        carrier: Dict[str, str],
-        session_id: Optional[str],
-        setup: Optional[Dict[str, Any]] = None,
-    ):
-        self.fn = fn
-        self.carrier = carrier
-        self.session_id = session_id
-        self.setup = setup
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        token = None
-        try:
-            if self.setup is not None:
-                _record_here(self.setup)
-            ctx = propagate.extract(self.carrier)
-            if self.session_id is not None:
-                ctx = context_with_session(self.session_id, ctx)
-            token = otel_context.attach(ctx)
-        except Exception:  # telemetry must never stop the work itself
-            logger.debug("lucidic-otel: could not restore a carried context", exc_info=True)
-        try:
-            return self.fn(*args, **kwargs)
-        finally:
-            if token is not None:
-                otel_context.detach(token)
-
-    def __getstate__(self) -> tuple:
-        return (self.fn, self.carrier, self.session_id, self.setup)
-
-    def __setstate__(self, state: tuple) -> None:
-        self.fn, self.carrier, self.session_id = state[:3]
-        self.setup = state[3] if len(state) > 3 else None
-
-    def __repr__(self) -> str:
-        return f"carry_context({self.fn!r}, session_id={self.session_id!r})"
-
-
 def carry_context(fn: Callable[..., R]) -> Callable[..., R]:
     """``fn`` wrapped to run in the current trace and session, wherever it is called.
 
-    For work handed to other processes: ``Process(target=carry_context(work))``,
-    ``pool.map(carry_context(work), items)``, ``executor.submit(carry_context(work), x)``.
     Fork children inherit the context of the thread that forked them, but spawn and
     forkserver children, and pool workers started before the session, do not; the wrapper
     is picklable (when ``fn`` is) and re-attaches the captured context around each call.
     A worker with no telemetry set up (spawn/forkserver under a plain ``python`` that called
     ``init()``) is set up on the first call, as the parent was, so its spans are recorded.
     The child never starts or ends the session: it only stamps its spans with it.
+
+    Args:
+        fn: the work to hand to another process or thread.
+
+    Returns:
+        A picklable callable that runs ``fn`` in the captured context; ``fn`` itself, after
+        one message, when it is not callable.
+
+    Examples:
+        >>> Process(target=lucidic_otel.carry_context(work)).start()
+        >>> pool.map(lucidic_otel.carry_context(work), items)
+        >>> executor.submit(lucidic_otel.carry_context(work), x)
     """
     if not callable(fn):
-        _invalid(f"carry_context: fn={fn!r} is not callable; returned unchanged")
+        report_invalid(f"carry_context: fn={fn!r} is not callable; returned unchanged")
         return fn
     carrier: Dict[str, str] = {}
     sid = None
@@ -744,4 +556,4 @@ def carry_context(fn: Callable[..., R]) -> Callable[..., R]:
         REGISTRY.store_now()  # the workers' events must not be stored ahead of the init
     except Exception:
         logger.debug("lucidic-otel: could not capture the current context", exc_info=True)
-    return _CarriedContext(fn, carrier, sid, setup)
+    return CarriedContext(fn, carrier, sid, setup)

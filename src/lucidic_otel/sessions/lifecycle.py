@@ -21,7 +21,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-logger = logging.getLogger("lucidic_otel")
+logger = logging.getLogger(__name__)
 
 LifecycleRecord = Tuple[str, str, Dict[str, Any]]  # (kind, session_id, body)
 INIT = "session_init"
@@ -125,11 +125,6 @@ class SessionRegistry:
         """True for sessions this process opened (not ones it only joined through baggage)."""
         with self._lock:
             return session_id in self._sessions
-
-    def is_open(self, session_id: str) -> bool:
-        with self._lock:
-            s = self._sessions.get(session_id)
-            return s is not None and not s.ended
 
     def end(self, session_id: str, fields: Dict[str, Any], *, wait: bool = False) -> bool:
         """End ``session_id`` once (False if it was already ended).
