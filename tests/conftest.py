@@ -9,7 +9,7 @@ from typing import Iterator
 import pytest
 from opentelemetry.context import Context, attach, detach
 
-from lucidic_otel import _diagnostics, api
+from lucidic_otel import _diagnostics
 from lucidic_otel.config import reset_settings
 from lucidic_otel.launcher import bootstrap
 from lucidic_otel.sdk.processor import PROCESS_SESSION
@@ -26,7 +26,6 @@ def lucidic_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     reset_settings()
     monkeypatch.setattr(PROCESS_SESSION, "session_id", None)
     monkeypatch.setattr(bootstrap, "_processor", None)
-    monkeypatch.setattr(api, "_warned_unknown_end", False)
     REGISTRY.drain()
     JOURNAL.drain()
     token = attach(Context())
