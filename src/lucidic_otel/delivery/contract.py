@@ -1,4 +1,4 @@
-"""The Lucidic backend wire contract, in one place (see ``lucidic-api.md``).
+"""The Lucidic backend wire contract, in one place.
 
 Everything the sender needs to know about the backend lives here: endpoint names and methods,
 headers, which fields each body may carry, the blob (large payload) flow, and what each HTTP

@@ -1,4 +1,4 @@
-"""The helper process itself: a :class:`~lucidic_otel.delivery.loop.Sender` driven by a pipe.
+"""The helper process itself: a thread sender driven by a pipe from the application.
 
 Started by :class:`~lucidic_otel.delivery.helper.DeliveryAgent` (see that module for why a
 process, the pipe protocol and the lifecycle). It reads its settings from the first line on
@@ -20,7 +20,7 @@ from typing import Any, List, Mapping, Optional, Tuple
 
 from lucidic_otel.config import Settings
 from lucidic_otel.delivery.helper import EXIT_STORE_UNUSABLE, STOP_S
-from lucidic_otel.delivery.loop import Sender
+from lucidic_otel.delivery.thread_sender import Sender
 from lucidic_otel.outbox.store import Store
 
 logger = logging.getLogger(__name__)

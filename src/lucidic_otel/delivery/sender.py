@@ -6,7 +6,9 @@ The exporter calls :func:`notify` after each outbox write, :func:`prestart` and
 
 - :mod:`~lucidic_otel.delivery.supervisor`: one delivery per process and store (threads or
   the helper process), fork safety, and the exit delivery;
-- :mod:`~lucidic_otel.delivery.loop`: the sender (a dispatcher thread and a worker pool);
+- :mod:`~lucidic_otel.delivery.thread_sender` (the :class:`Sender`: its public face) and
+  :mod:`~lucidic_otel.delivery.dispatcher` (its loop), over a worker pool
+  (:mod:`~lucidic_otel.delivery.pool`) and :mod:`~lucidic_otel.delivery.resolve`;
 - :mod:`~lucidic_otel.delivery.policy`: backoff, pauses, rejects, stopping, and what is said;
 - :mod:`~lucidic_otel.delivery.attempt` and :mod:`~lucidic_otel.delivery.transport`: one
   item's requests, over HTTP;
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import logging
 
-from lucidic_otel.delivery.loop import Sender
 from lucidic_otel.delivery.policy import DeliveryStats
 from lucidic_otel.delivery.supervisor import (
     deliver_at_exit,
@@ -28,6 +29,7 @@ from lucidic_otel.delivery.supervisor import (
     process_sender,
     register_flush,
 )
+from lucidic_otel.delivery.thread_sender import Sender
 
 logger = logging.getLogger(__name__)
 

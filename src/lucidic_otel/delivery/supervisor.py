@@ -3,9 +3,10 @@
 The exporter calls :func:`notify` after every write (a dictionary lookup and a wake-up) and
 :func:`prestart` when it is built; the exit sequence calls :func:`deliver_at_exit`. Behind
 them, each store is delivered by one :class:`Delivery`: the helper process
-(:class:`~lucidic_otel.delivery.helper.DeliveryAgent`, the default) or sender threads in this
-process (:class:`~lucidic_otel.delivery.loop.Sender`: ``LUCIDIC_DELIVERY=thread``, a store
-that lives in memory, or a helper that cannot be started or keeps dying).
+(:class:`~lucidic_otel.delivery.helper.DeliveryAgent`, the default) or sender threads in
+this process (:class:`~lucidic_otel.delivery.thread_sender.Sender`:
+``LUCIDIC_DELIVERY=thread``, a store that lives in memory, or a helper that cannot be started
+or keeps dying).
 
 Processes
     A forked child never touches its parent's deliveries (threads and sockets do not survive
@@ -28,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Union
 from lucidic_otel._diagnostics import guarded
 from lucidic_otel.config import Settings
 from lucidic_otel.delivery.helper import EXIT_STORE_UNUSABLE, DeliveryAgent
-from lucidic_otel.delivery.loop import Sender
+from lucidic_otel.delivery.thread_sender import Sender
 from lucidic_otel.delivery.transport import untraced
 from lucidic_otel.outbox.store import Store
 

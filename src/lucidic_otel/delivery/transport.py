@@ -1,7 +1,7 @@
 """HTTP for the sender: one worker's keep-alive connections, behind a two-method protocol.
 
-Why a protocol: the sender's loop and the contract flow (:mod:`~lucidic_otel.delivery.attempt`)
-only need "send this request, give me the status, the body and two headers". Everything about
+Why a protocol: the sender and the contract flow (:mod:`~lucidic_otel.delivery.attempt`) only
+need "send this request, give me the status, the body and two headers". Everything about
 sockets (keep-alive per origin, reconnecting once after the server closed an idle connection,
 timeouts, bounded reply bodies) is here, and a test or a bench can hand the sender another
 :class:`Transport` through its ``transport`` argument.
