@@ -8,7 +8,7 @@ attributes too but are not generations: they classify as None.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional
 
 from opentelemetry.trace import StatusCode
 
@@ -68,20 +68,6 @@ def _by_presence(attrs: Mapping[str, Any]) -> Optional[str]:
     ):
         return LLM
     return None
-
-
-def event_type(
-    span: SpanLike, attrs: Mapping[str, Any]
-) -> Tuple[Optional[str], Optional[Mapping[str, Any]]]:
-    """The Lucidic event type of a span (None: not an event) and, for an
-    ``error_traceback``, the attributes of the exception it recorded."""
-    kind = classify(attrs)
-    if kind == LLM:
-        return LLM_GENERATION, None
-    if kind == TOOL:
-        return FUNCTION_CALL, None
-    exception = last_exception(span)
-    return (None, None) if exception is None else (ERROR_TRACEBACK, exception)
 
 
 def last_exception(span: SpanLike) -> Optional[Mapping[str, Any]]:

@@ -40,7 +40,7 @@ rebuild a span from storage.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional
 
 from lucidic_otel._diagnostics import never_raises, swallow
 from lucidic_otel.convert.classify import (
@@ -48,8 +48,9 @@ from lucidic_otel.convert.classify import (
     FUNCTION_CALL,
     LLM,
     LLM_GENERATION,
+    TOOL,
     classify,
-    event_type,
+    last_exception,
 )
 from lucidic_otel.convert.envelope import envelope
 from lucidic_otel.convert.payloads import error_payload as _error_payload
@@ -135,31 +136,32 @@ def span_to_event(
         >>> span_to_event(span, "sess-1", None)["type"]
         'llm_generation'
     """
+    # Inline, not split into helpers: this runs for every exported span, and most spans
+    # (HTTP, database) leave here after the few dict lookups of classify().
     try:
-        identified = _identify(span, session_id, parent_event_id)
+        attrs = span.attributes or {}
+        kind = classify(attrs)
+        exception = None
+        if kind is None:
+            exception = last_exception(span)
+            if exception is None:
+                return None
+        if span.context is None:
+            return None
+        event_type = _EVENT_TYPES[kind]
+        body = envelope(span, event_type, session_id, parent_event_id)
     except Exception as exc:  # noqa: BLE001 - a span we cannot identify cannot be an event
         swallow(logger, "identifying a span for conversion", exc)
         return None
-    if identified is None:
-        return None
-    body, attrs, exception = identified
     try:
-        body["payload"] = _payload(span, body["type"], attrs, exception, capture_content)
+        body["payload"] = _payload(span, event_type, attrs, exception, capture_content)
     except Exception as exc:  # noqa: BLE001 - degrade to a minimal, valid payload
         swallow(logger, "converting a span's payload", exc)
-        body["payload"] = fallback_payload(body["type"], exc)
+        body["payload"] = fallback_payload(event_type, exc)
     return body
 
 
-def _identify(
-    span: SpanLike, session_id: str, parent_event_id: Optional[str]
-) -> Optional[Tuple[Dict[str, Any], Mapping[str, Any], Optional[Mapping[str, Any]]]]:
-    """The event envelope, the span's attributes and its exception, or None: not an event."""
-    attrs = span.attributes or {}
-    kind, exception = event_type(span, attrs)
-    if kind is None or span.context is None:
-        return None
-    return envelope(span, kind, session_id, parent_event_id), attrs, exception
+_EVENT_TYPES = {LLM: LLM_GENERATION, TOOL: FUNCTION_CALL, None: ERROR_TRACEBACK}
 
 
 def _payload(
