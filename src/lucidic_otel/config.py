@@ -50,6 +50,8 @@ class Settings:
     session_id: Optional[str] = None
     session_name: Optional[str] = None
     auto_end: bool = True
+    #: Seconds without a span after which a scope-bound session is ended; None: never.
+    session_idle_end: Optional[float] = None
     baggage_trust: str = "accept"
     baggage_secret: Optional[bytes] = field(default=None, repr=False)
     propagate: bool = True
@@ -64,6 +66,7 @@ class Settings:
     base_url: str = DEFAULT_BASE_URL
     blob_threshold: int = 65536
     exit_deadline_s: float = 5.0
+    end_grace_s: float = 1.0
     delivery: str = "process"
     strict: bool = False
     problems: Tuple[str, ...] = ()
@@ -256,6 +259,9 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
         session_id=r.session_id(ev.LUCIDIC_SESSION_ID),
         session_name=r.text(ev.LUCIDIC_SESSION_NAME, 1024),
         auto_end=r.boolean(ev.LUCIDIC_AUTO_END, _DEFAULTS.auto_end),
+        session_idle_end=r.number(
+            ev.LUCIDIC_SESSION_IDLE_END, _DEFAULTS.session_idle_end, float, 1, 86400, "seconds"
+        ),
         baggage_trust=trust,
         baggage_secret=secret,
         propagate=r.boolean(ev.LUCIDIC_PROPAGATE, _DEFAULTS.propagate),
@@ -275,6 +281,9 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
         ),
         exit_deadline_s=r.number(
             ev.LUCIDIC_EXIT_DEADLINE, _DEFAULTS.exit_deadline_s, float, 0, 600, "seconds"
+        ),
+        end_grace_s=r.number(
+            ev.LUCIDIC_END_GRACE, _DEFAULTS.end_grace_s, float, 0, 60, "seconds"
         ),
         delivery=r.choice(ev.LUCIDIC_DELIVERY, _DEFAULTS.delivery, DELIVERY_MODES),
         strict=strict,

@@ -31,6 +31,11 @@ LUCIDIC_SESSION_ID = "LUCIDIC_SESSION_ID"
 LUCIDIC_AUTO_END = "LUCIDIC_AUTO_END"
 """end ``init``/zero-code sessions at exit, after their spans (default ``true``; bool)"""
 
+LUCIDIC_SESSION_IDLE_END = "LUCIDIC_SESSION_IDLE_END"
+"""end a session bound with ``session``/``with_session``/``set_active_session`` after this long
+with no span of it here; a later binding re-opens it (default unset: never; 1-86400 seconds)
+"""
+
 LUCIDIC_BAGGAGE_TRUST = "LUCIDIC_BAGGAGE_TRUST"
 """which inbound baggage session ids are stamped (default ``accept``; ``accept``, ``ignore``,
 ``signed``)
@@ -66,6 +71,11 @@ LUCIDIC_FLUSH_ON_FORK_EXIT = "LUCIDIC_FLUSH_ON_FORK_EXIT"
 LUCIDIC_EXIT_DEADLINE = "LUCIDIC_EXIT_DEADLINE"
 """how long exit may spend flushing and delivering (default ``5``; 0-600 seconds)"""
 
+LUCIDIC_END_GRACE = "LUCIDIC_END_GRACE"
+"""how long the end of a session whose baggage went to another service waits for that
+service's events (default ``1``; 0-60 seconds)
+"""
+
 LUCIDIC_DELIVERY = "LUCIDIC_DELIVERY"
 """where the sender runs: a helper process off the application's GIL, or threads in the
 application (default ``process``; ``process``, ``thread``)
@@ -95,6 +105,7 @@ ALL = (
     LUCIDIC_SESSION_NAME,
     LUCIDIC_SESSION_ID,
     LUCIDIC_AUTO_END,
+    LUCIDIC_SESSION_IDLE_END,
     LUCIDIC_BAGGAGE_TRUST,
     LUCIDIC_BAGGAGE_SECRET,
     LUCIDIC_PROPAGATE,
@@ -104,6 +115,7 @@ ALL = (
     LUCIDIC_FLUSH_ON_SIGTERM,
     LUCIDIC_FLUSH_ON_FORK_EXIT,
     LUCIDIC_EXIT_DEADLINE,
+    LUCIDIC_END_GRACE,
     LUCIDIC_DELIVERY,
     LUCIDIC_STORE_PATH,
     LUCIDIC_STORE_MAX_MB,
