@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections import Counter
@@ -429,3 +430,39 @@ def test_credentials_given_to_init_stay_in_memory(tmp_path):
     assert "ENV None None" in proc.stdout, proc.stdout
     assert "CHILD None" in proc.stdout, proc.stdout
     assert "secret-key-1" not in proc.stderr
+
+
+HAND_BUILT = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+import lucidic_otel
+from lucidic_otel.sdk.exporter import LucidicSpanExporter
+
+provider = TracerProvider()
+provider.add_span_processor(lucidic_otel.LucidicSpanProcessor())
+provider.add_span_processor(BatchSpanProcessor(LucidicSpanExporter()))
+trace.set_tracer_provider(provider)
+sid = lucidic_otel.init(session_name="hand built")
+with trace.get_tracer("app").start_as_current_span("work"):
+    pass
+lucidic_otel.flush()
+print("PROCESSORS", len(provider._active_span_processor._span_processors))
+"""
+
+
+def test_init_on_a_provider_that_already_has_our_pieces_adds_nothing(tmp_path: Path) -> None:
+    """The README's "your own provider" set-up plus init(): the processor and the pipeline the
+    application added by hand are found, so each span is recorded once, not twice."""
+    store_path = tmp_path / "store.db"
+    script = write_script(tmp_path, "app.py", HAND_BUILT)
+    result = subprocess.run(
+        [sys.executable, str(script)], env=clean_env(LUCIDIC_STORE_PATH=str(store_path)),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "PROCESSORS 2" in result.stdout, result.stdout + result.stderr
+    spans = [s for s in Store(store_path).list_sessions()]
+    assert len(spans) == 1
+    assert spans[0]["span_count"] == 1

@@ -23,7 +23,7 @@ from lucidic_otel._diagnostics import log_once
 from lucidic_otel.config import get_settings
 from lucidic_otel.launcher import origin as launch
 from lucidic_otel.launcher.exit import install_exit_handlers
-from lucidic_otel.sdk import registry
+from lucidic_otel.sdk import _fastpath, registry
 from lucidic_otel.sdk.egress import install_outbound_policy
 from lucidic_otel.sdk.exporter import LucidicSpanExporter
 from lucidic_otel.sdk.processor import LucidicSpanProcessor
@@ -54,12 +54,22 @@ def sdk_provider() -> Optional[TracerProvider]:
 
 def has_session_processor(provider: TracerProvider) -> bool:
     """True when the session processor is on ``provider`` (see :mod:`lucidic_otel.sdk.registry`)."""
-    return registry.ATTACHED.has(provider, registry.SESSION_PROCESSOR)
+    if registry.ATTACHED.has(provider, registry.SESSION_PROCESSOR):
+        return True
+    return any(  # added by the application itself
+        getattr(p, "lucidic_session_processor", False)
+        for p in _fastpath.span_processors_of(provider)
+    )
 
 
 def has_lucidic_pipeline(provider: TracerProvider) -> bool:
     """True when a lucidic exporter is on ``provider``, ours or from the exporter list."""
-    return registry.ATTACHED.has(provider, registry.PIPELINE)
+    if registry.ATTACHED.has(provider, registry.PIPELINE):
+        return True
+    return any(  # added by the application itself
+        isinstance(getattr(p, "span_exporter", None), LucidicSpanExporter)
+        for p in _fastpath.span_processors_of(provider)
+    )
 
 
 def install_processor(provider: Optional[TracerProvider] = None) -> bool:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from opentelemetry import baggage, trace
 from opentelemetry.attributes import BoundedAttributes
@@ -149,3 +149,16 @@ def built_by_sdk_configuration() -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def span_processors_of(provider: Any) -> Tuple[Any, ...]:
+    """The processors on an SDK ``provider``, read from its private list; () where the SDK's
+    layout is not the one this was written for.
+
+    Only a fallback: :mod:`~lucidic_otel.sdk.registry` knows what we added ourselves, but not a
+    processor or exporter of ours that the application added to its own provider by hand
+    (the README shows how), and adding ours next to it would record every span twice.
+    """
+    active = getattr(provider, "_active_span_processor", None)
+    processors = getattr(active, "_span_processors", ())
+    return processors if isinstance(processors, tuple) else ()
