@@ -46,6 +46,7 @@ from opentelemetry.trace import SpanKind, get_current_span
 
 from lucidic_otel.config import Settings, get_settings
 from lucidic_otel.sdk import _fastpath
+from lucidic_otel.sdk.handoff import SENT_OUT
 from lucidic_otel.sessions.context import BAGGAGE_KEY
 
 logger = logging.getLogger(__name__)
@@ -280,6 +281,12 @@ def _has_session_baggage(ctx: Context) -> bool:
     return baggage.get_baggage(BAGGAGE_KEY, ctx) is not None
 
 
+def _note_sent_out(ctx: Context) -> None:
+    raw = baggage.get_baggage(BAGGAGE_KEY, ctx)
+    if isinstance(raw, str) and raw:
+        SENT_OUT.mark(raw.partition("~")[0])  # a signed value is "id~signature"
+
+
 class SessionBaggagePolicy(TextMapPropagator):
     """``inner`` unchanged, except that ``inject`` writes the session entry only where the
     outbound policy allows it (the other baggage entries and the trace context always go)."""
@@ -314,8 +321,11 @@ class SessionBaggagePolicy(TextMapPropagator):
         setter: Setter[CarrierT] = default_setter,
     ) -> None:
         ctx = get_current() if context is None else context
-        if _has_session_baggage(ctx) and not self.allows(ctx, setter):
-            ctx = baggage.remove_baggage(BAGGAGE_KEY, ctx)
+        if _has_session_baggage(ctx):
+            if not self.allows(ctx, setter):
+                ctx = baggage.remove_baggage(BAGGAGE_KEY, ctx)
+            elif not getattr(setter, "lucidic_child_process", False):
+                _note_sent_out(ctx)  # its end waits for that service (sdk.handoff)
         self.inner.inject(carrier, context=ctx, setter=setter)
 
     def allows(self, ctx: Context, setter: Any) -> bool:

@@ -18,7 +18,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from lucidic_otel import gil
+from lucidic_otel import _diagnostics, gil
 from lucidic_otel.config import Settings, get_settings
 from lucidic_otel.convert.events import llm_summary, span_to_event
 from lucidic_otel.convert.layers import LateMerge, LayerSpan, LayerTracker
@@ -27,6 +27,7 @@ from lucidic_otel.ids import event_id
 from lucidic_otel.outbox.store import SpanRecord, Store, default_store_path
 from lucidic_otel.sdk import _fastpath, registry
 from lucidic_otel.sdk.content import CONTENT_ATTRIBUTE_PREFIXES, strip_content
+from lucidic_otel.sdk.handoff import HeldEnds
 from lucidic_otel.sessions.context import SESSION_ATTRIBUTE
 from lucidic_otel.sessions.lifecycle import END, INIT, JOURNAL, LifecycleJournal
 from lucidic_otel.sessions.resolve import PROCESS_SESSION
@@ -110,12 +111,14 @@ class LucidicSpanExporter(SpanExporter):
         self.failures = 0
         self._setup_recorded = False
         self._layers = LayerTracker()
+        grace = self._settings.end_grace_s if self._settings.delivery_enabled else 0.0
+        self._held = HeldEnds(grace, self._release_held)
         # Constructing the store opens nothing; a path that can never hold it is reported now,
         # before the program's own output, not at the first export (often at exit).
         self.store.check_path()
         if self._settings.delivery_enabled:
             # Lifecycle records still in memory at exit are written before the last delivery.
-            sender.register_flush(self.force_flush)
+            sender.register_flush(self._flush_at_exit)
             sender.prestart(self.store, self._settings)
         journal.flusher = self.force_flush
 
@@ -132,14 +135,36 @@ class LucidicSpanExporter(SpanExporter):
                     )
         return self._store
 
-    def _write_lifecycle(self) -> int:
+    def _write_lifecycle(self, *, release_all: bool = False) -> int:
+        """Write the journal's records; the end of a session whose baggage went to another
+        service is held for the grace first (:mod:`~lucidic_otel.sdk.handoff`)."""
+        released = self._held.due(release_all)
+        for _, session_id, body in released:
+            self.store.record_session_end(session_id, body)
         records = self._journal.drain()
         for kind, session_id, body in records:
             if kind == INIT:
                 self.store.record_session_init(session_id, body)
             elif kind == END:
+                if not release_all and self._held.hold(session_id, body):
+                    continue
                 self.store.record_session_end(session_id, body)
-        return len(records)
+        return len(released) + len(records)
+
+    def _release_held(self) -> None:
+        """A held end came due: write it and wake the sender (on the grace timer's thread)."""
+        if self._shutdown and not self._held:
+            return
+        with _diagnostics.guarded(logger, "writing a session end after its grace"):
+            if self._write_lifecycle():
+                self._wake_sender()
+
+    def _flush_at_exit(self) -> None:
+        """Delivery's last flush at exit: wait for held ends to come due (within the exit
+        deadline's half, so the delivery keeps the rest), then write everything."""
+        self._held.wait(self._settings.exit_deadline_s / 2)
+        with _diagnostics.guarded(logger, "writing session records at exit"):
+            self._write_lifecycle(release_all=True)
 
     def _wake_sender(self) -> None:
         """Delivery runs on the sender's threads; this only wakes it (cheap)."""
@@ -326,6 +351,8 @@ class LucidicSpanExporter(SpanExporter):
         """
         if self._shutdown:
             return
+        with _diagnostics.guarded(logger, "writing session records at shutdown"):
+            self._write_lifecycle(release_all=True)  # a held end is not kept past shutdown
         self.force_flush(timeout_millis)
         self._shutdown = True
         store = self._store
