@@ -61,6 +61,8 @@ class Settings:
     flush_on_sigterm: bool = True
     flush_on_fork_exit: bool = True
     capture_content: bool = True
+    #: A ``LUCIDIC_PRICES`` JSON file laid over the built-in price table; None: built-in only.
+    prices_path: Optional[Path] = None
     store_path: Optional[Path] = None
     store_max_bytes: int = 512 * 1024 * 1024
     base_url: str = DEFAULT_BASE_URL
@@ -246,6 +248,13 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
     region = r.choice(ev.LUCIDIC_REGION, "us", tuple(REGION_BASE_URLS))
     resolved_url = (base_url or REGION_BASE_URLS[region]).rstrip("/")
 
+    prices_text = r.raw(ev.LUCIDIC_PRICES)
+    prices_path: Optional[Path] = None
+    if prices_text:
+        try:
+            prices_path = Path(prices_text).expanduser()
+        except (RuntimeError, ValueError):  # "~unknown-user/..." or a NUL byte
+            r.bad(ev.LUCIDIC_PRICES, prices_text, "a file path", "the built-in price table")
     store_path_text = r.raw(ev.LUCIDIC_STORE_PATH)
     store_path: Optional[Path] = None
     if store_path_text:
@@ -270,6 +279,7 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
         flush_on_sigterm=r.boolean(ev.LUCIDIC_FLUSH_ON_SIGTERM, _DEFAULTS.flush_on_sigterm),
         flush_on_fork_exit=r.boolean(ev.LUCIDIC_FLUSH_ON_FORK_EXIT, _DEFAULTS.flush_on_fork_exit),
         capture_content=r.boolean(ev.LUCIDIC_CAPTURE_CONTENT, _DEFAULTS.capture_content),
+        prices_path=prices_path,
         store_path=store_path,
         store_max_bytes=r.number(
             ev.LUCIDIC_STORE_MAX_MB, _DEFAULTS.store_max_bytes // _MB, int, 1, 1_000_000,

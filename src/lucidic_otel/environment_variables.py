@@ -62,6 +62,10 @@ host patterns)
 LUCIDIC_CAPTURE_CONTENT = "LUCIDIC_CAPTURE_CONTENT"
 """``false``: no prompt/completion/tool text is stored or sent anywhere (default ``true``; bool)"""
 
+LUCIDIC_PRICES = "LUCIDIC_PRICES"
+"""a JSON file of model prices laid over the built-in table, see ``docs/pricing.md`` (default
+unset; path)"""
+
 LUCIDIC_FLUSH_ON_SIGTERM = "LUCIDIC_FLUSH_ON_SIGTERM"
 """install the SIGTERM flush handler (default ``true``; bool)"""
 
@@ -112,6 +116,7 @@ ALL = (
     LUCIDIC_PROPAGATE_TO,
     LUCIDIC_PROPAGATE_DENY,
     LUCIDIC_CAPTURE_CONTENT,
+    LUCIDIC_PRICES,
     LUCIDIC_FLUSH_ON_SIGTERM,
     LUCIDIC_FLUSH_ON_FORK_EXIT,
     LUCIDIC_EXIT_DEADLINE,
