@@ -48,6 +48,13 @@ SCRIPT_TIMEOUT_S = {
 # --- 1. the bench scripts ------------------------------------------------------------------
 
 SCRIPTS = {
+    # Two services against the contract server: no downstream event after the session's end
+    # (the exit status carries it), with the lag from the last one to the end shown.
+    "end_ordering.py": [
+        "machine: ",
+        "round  events  after end  end - last event",
+        "backend: 0 events after the end flagged by the contract check",
+    ],
     # The CI-sized soak of `with Pool() as pool`, launched and with init() (no hang, no loss):
     # its exit status carries hangs, orphans and lost or misattributed spans.
     "pool_soak.py": [
