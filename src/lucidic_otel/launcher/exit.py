@@ -81,9 +81,8 @@ _LOCK_HOLDING_MODULES = (
     "opentelemetry.exporter",
     "lucidic_otel.sessions.lifecycle",
     "lucidic_otel.sdk.exporter",
-    "lucidic_otel.outbox.store",
-    "lucidic_otel.delivery.sender",
-    "lucidic_otel.delivery.contract",
+    "lucidic_otel.outbox",  # the store and its modules (db, writes, queue, ...)
+    "lucidic_otel.delivery",  # supervisor, thread sender, dispatcher, policy
     "logging",
     "importlib._bootstrap",
 )

@@ -20,9 +20,7 @@ from typing import Optional, Tuple
 from lucidic_otel.config import Settings
 from lucidic_otel.ids import is_valid_session_id, verify_signed_session_id
 
-# "lucidic_otel", not __name__, until tests/test_processor.py (test_first_rejection_is_logged_once)
-# selects child loggers too: it keeps only records whose name is exactly "lucidic_otel".
-logger = logging.getLogger("lucidic_otel")
+logger = logging.getLogger(__name__)
 
 
 class BaggageTrust:
