@@ -995,7 +995,9 @@ def test_init_with_an_explicit_id_and_no_auto_end() -> None:
         """
     )
     assert out["SID"] == "given:id-1"
-    assert out["JOURNAL"] == [[INIT, "given:id-1", {"session_id": "given:id-1"}]]
+    assert out["JOURNAL"] == [
+        [INIT, "given:id-1", {"session_id": "given:id-1", "session_name": "Unnamed Session"}]
+    ]
     assert out["ATEXIT"] == []
 
 
@@ -1083,9 +1085,9 @@ def test_with_lucidic_records_init_then_end() -> None:
     assert out["AFTER"] is None
     assert out["JOURNAL"] == [
         [INIT, "wl-1", {"session_id": "wl-1", "session_name": "one-shot", "task": "t"}],
-        [END, "wl-1", {"session_id": "wl-1", "is_finished": True}],
-        [INIT, "wl-2", {"session_id": "wl-2"}],
-        [END, "wl-2", {"session_id": "wl-2", "is_finished": True}],
+        [END, "wl-1", {"session_id": "wl-1", "is_finished": True, "is_successful": True}],
+        [INIT, "wl-2", {"session_id": "wl-2", "session_name": "Unnamed Session"}],
+        [END, "wl-2", {"session_id": "wl-2", "is_finished": True, "is_successful": True}],
     ]
     assert out["ATEXIT"] == []  # with_lucidic ended its sessions; nothing is left to auto-end
 

@@ -92,6 +92,9 @@ _INIT_FIELDS = (
     "production_monitoring",
 )
 
+#: ``with_lucidic`` keywords that set the outcome its end records instead of the inferred one.
+_OUTCOME_FIELDS = ("is_successful", "is_successful_reason")
+
 # kept for tests/conftest.py until it resets _diagnostics
 _warned_unknown_end = False
 
@@ -276,6 +279,41 @@ def _start_process_session(settings: Settings) -> None:
     PROCESS_SESSION.session_id = resolve.PROCESS_SESSION.session_id
 
 
+#: How much of an exception ``with_lucidic`` sends as ``is_successful_reason``.
+_REASON_LIMIT = 500
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """``"ValueError: boom"``, at most :data:`_REASON_LIMIT` chars, whatever ``str(exc)`` does."""
+    name = type(exc).__name__
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not replace the user's exception
+        text = ""
+    reason = f"{name}: {text}" if text else name
+    return reason if len(reason) <= _REASON_LIMIT else reason[: _REASON_LIMIT - 3] + "..."
+
+
+def _outcome(exc: Optional[BaseException], given: Dict[str, Any]) -> Dict[str, Any]:
+    """The end fields of a ``with_lucidic`` run: what the caller gave wins, field by field;
+    otherwise success unless ``fn`` raised (``sys.exit(0)`` counts as success), and the
+    exception as the reason when the outcome is ours to tell."""
+    failed = exc is not None and not (isinstance(exc, SystemExit) and exc.code in (0, None))
+    fields = dict(given)
+    if "is_successful" not in given:
+        fields["is_successful"] = not failed
+        if failed and "is_successful_reason" not in given:
+            fields["is_successful_reason"] = _failure_reason(exc)  # type: ignore[arg-type]
+    return fields
+
+
+def _end_with_outcome(sid: str, exc: Optional[BaseException], given: Dict[str, Any]) -> None:
+    fields: Dict[str, Any] = {}
+    with _diagnostics.guarded(logger, "recording the outcome of with_lucidic"):
+        fields = _outcome(exc, given)
+    REGISTRY.end(sid, fields, wait=True)
+
+
 def with_lucidic(
     fn: Callable[..., R],
     *args: Any,
@@ -285,14 +323,19 @@ def with_lucidic(
 ) -> Union[R, Awaitable[R]]:
     """One-shot session: start it, run ``fn`` in it, flush its spans, end it, unbind it.
 
+    The end records the outcome: ``is_successful=False`` with the exception
+    (``"ValueError: boom"``) as ``is_successful_reason`` when ``fn`` raised (the exception
+    propagates unchanged), ``is_successful=True`` otherwise. An ``is_successful`` or
+    ``is_successful_reason`` passed here is sent instead of what would be inferred.
+
     Args:
         fn: the work that is the whole session; a coroutine function gives an awaitable.
         *args: positional arguments for ``fn``.
         session_name: the name shown in Lucidic.
         session_id: the session's id (default, or when invalid: a new random one).
         **kwargs: keyword arguments named like ``init`` fields (``task``, ``tags``, ...)
-            configure the session; ``auto_end`` is ignored (the session always ends here); the
-            rest go to ``fn``.
+            configure the session, and ``is_successful``/``is_successful_reason`` its outcome;
+            ``auto_end`` is ignored (the session always ends here); the rest go to ``fn``.
 
     Returns:
         What ``fn`` returns (an awaitable for a coroutine function); None, after one message,
@@ -302,6 +345,7 @@ def with_lucidic(
         >>> result = lucidic_otel.with_lucidic(evaluate, item, session_name="eval", task="qa")
     """
     init_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _INIT_FIELDS}
+    end_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _OUTCOME_FIELDS}
     kwargs.pop("auto_end", None)
     if not callable(fn):
         report_invalid(
@@ -313,6 +357,7 @@ def with_lucidic(
         sid = checked_session_id(session_id, "with_lucidic", NEW_SESSION)
     sid = sid or new_session_id()
     fields = checked_fields("with_lucidic", {"session_name": session_name, **init_kwargs})
+    given = checked_fields("with_lucidic", end_kwargs)
     name = fields.pop("session_name", None)
     _configure_sdk_or_log(None, "with_lucidic")  # also adds the processor to the user's provider
     REGISTRY.open(sid, name=name, auto_end=False, **fields)
@@ -323,16 +368,22 @@ def with_lucidic(
 
         async def run_async() -> Any:
             try:
-                return await scoped(*args, **kwargs)
-            finally:
-                REGISTRY.end(sid, {}, wait=True)
+                result = await scoped(*args, **kwargs)
+            except BaseException as exc:
+                _end_with_outcome(sid, exc, given)
+                raise
+            _end_with_outcome(sid, None, given)
+            return result
 
         return run_async()
 
     try:
-        return scoped(*args, **kwargs)
-    finally:
-        REGISTRY.end(sid, {}, wait=True)
+        result = scoped(*args, **kwargs)
+    except BaseException as exc:
+        _end_with_outcome(sid, exc, given)
+        raise
+    _end_with_outcome(sid, None, given)
+    return result
 
 
 def end_session(

@@ -393,6 +393,7 @@ class ContractServer:
         rename_sessions: bool = False,
         blob_threshold: Optional[int] = None,
         skew_s: float = 10.0,
+        require_session_name: bool = False,
     ) -> None:
         self.api_key = api_key
         self.agent_id = agent_id
@@ -403,6 +404,9 @@ class ContractServer:
         self._rename = rename_sessions
         self._blob_threshold = blob_threshold
         self._skew = skew_s
+        #: A backend stricter than the contract's text: ``initsession`` without a non-empty
+        #: ``session_name`` is a 400 (the official SDK always sends one).
+        self._require_name = require_session_name
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._forced: List[Tuple[Optional[str], str]] = []
@@ -599,6 +603,10 @@ class ContractServer:
             body = None
             problems.append(f"{endpoint}: body is not UTF-8 JSON")
         problems += check_fields(endpoint, body, skew_s=self._skew)
+        if self._require_name and endpoint == "initsession" and isinstance(body, dict):
+            name = body.get("session_name")
+            if not isinstance(name, str) or not name:
+                problems.append("initsession: required field 'session_name' missing or empty")
         key = None
         if isinstance(body, dict):
             key = body.get("client_event_id") if endpoint == "events" else body.get("session_id")
@@ -994,6 +1002,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--blob-threshold", type=int, default=None)
     parser.add_argument("--join", action="append", default=[], help="a joined session id")
     parser.add_argument("--rename-sessions", action="store_true")
+    parser.add_argument("--require-session-name", action="store_true",
+                        help="answer 400 to an initsession without session_name")
     parser.add_argument("--report", default=None, help="write the JSON report here at exit")
     args = parser.parse_args(argv)
     kinds = tuple(k for k in args.faults.split(",") if k)
@@ -1018,6 +1028,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         joined_sessions=args.join,
         rename_sessions=args.rename_sessions,
         blob_threshold=args.blob_threshold,
+        require_session_name=args.require_session_name,
     )
     stopped = threading.Event()
 

@@ -14,16 +14,19 @@ copies of them, read at call time, so a test can switch a shortcut off here.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Optional
 
 from opentelemetry import baggage
 from opentelemetry.context import Context, get_current
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import get_current_span
+from opentelemetry.trace import SpanKind, get_current_span
 
 from lucidic_otel.config import Settings, get_settings
 from lucidic_otel.sdk import _fastpath
 from lucidic_otel.sdk.egress import LLM_CALLS
+from lucidic_otel.sdk.handoff import PROMPT_FLUSH
+from lucidic_otel.sessions import idle
 from lucidic_otel.sessions.context import (
     BAGGAGE_KEY,
     SEMCONV_SESSION_ATTRIBUTE,
@@ -41,6 +44,11 @@ __all__ = ["PROCESS_SESSION", "ProcessSession", "LucidicSpanProcessor", "adopt",
 BAGGAGE_CONTEXT_KEY: Optional[str] = _fastpath.BAGGAGE_CONTEXT_KEY
 SPAN_CONTEXT_KEY: Optional[str] = _fastpath.SPAN_CONTEXT_KEY
 SDK_SPAN_TYPE: Optional[type] = _fastpath.SDK_SPAN_TYPE
+
+#: Idle end (``sessions.idle``): session id -> monotonic time of its last span; only written for
+#: sessions already in it, so it is an empty-dict miss unless ``LUCIDIC_SESSION_IDLE_END`` is set.
+_IDLE_SEEN = idle.SEEN
+_monotonic = time.monotonic
 
 
 def stamp(span: Span, sid: str) -> None:
@@ -65,6 +73,19 @@ def adopt(span: object, sid: str) -> bool:
         return False
     stamp(span, sid)  # type: ignore[arg-type]
     return True
+
+
+def _after_request(span: ReadableSpan) -> None:
+    """A request that came with a session from another service has ended: its events should
+    reach the backend before that service ends the session (:mod:`~lucidic_otel.sdk.handoff`)."""
+    try:
+        parent = span.parent
+        if parent is None or not parent.is_remote or not get_settings().delivery_enabled:
+            return
+        if (span.attributes or {}).get(SESSION_ATTRIBUTE) is not None:
+            PROMPT_FLUSH.request()
+    except Exception:  # noqa: BLE001 - telemetry must never break the application
+        logger.debug("lucidic-otel: could not ask for a prompt flush", exc_info=True)
 
 
 class LucidicSpanProcessor(SpanProcessor):
@@ -124,6 +145,8 @@ class LucidicSpanProcessor(SpanProcessor):
             sid = self.session_for(parent_context)
             if sid is not None:
                 stamp(span, sid)
+                if sid in _IDLE_SEEN:
+                    _IDLE_SEEN[sid] = _monotonic()
             # Which open spans are LLM calls, for the outbound baggage policy (egress).
             attributes = (
                 _fastpath.attributes_of(span) if type(span) is SDK_SPAN_TYPE else span.attributes
@@ -135,6 +158,10 @@ class LucidicSpanProcessor(SpanProcessor):
                 logger.exception("lucidic-otel: could not stamp a span with its session")
 
     def on_end(self, span: ReadableSpan) -> None:
+        if _IDLE_SEEN:
+            idle.touch_end(span)
+        if span.kind is SpanKind.SERVER:
+            _after_request(span)
         if len(LLM_CALLS):
             LLM_CALLS.on_end(span)
 

@@ -21,6 +21,8 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
+from lucidic_otel.sessions.idle import IdleTracker
+
 logger = logging.getLogger(__name__)
 
 LifecycleRecord = Tuple[str, str, Dict[str, Any]]  # (kind, session_id, body)
@@ -28,6 +30,10 @@ INIT = "session_init"
 END = "session_end"
 _JOURNAL_LIMIT = 100_000
 _REGISTRY_LIMIT = 10_000
+_COALESCE_SCAN = 64  # waiting records looked at for a start of the same session
+#: The ``session_name`` of a session opened without one: the official Lucidic SDK's default, so
+#: a backend that requires the field never rejects the session (the one place it is applied).
+DEFAULT_SESSION_NAME = "Unnamed Session"
 
 
 class LifecycleJournal:
@@ -59,6 +65,22 @@ class LifecycleJournal:
                     )
             self._records.append((kind, session_id, body))
 
+    def record_init(self, session_id: str, body: Dict[str, Any]) -> None:
+        """Record a start; a start of the same session still waiting here (with nothing of it
+        after) takes the new fields instead, so a name given later replaces the default name
+        in one ``initsession`` rather than in a second one the sender may deliver first."""
+        with self._lock:
+            last = len(self._records) - 1
+            for i in range(last, max(last - _COALESCE_SCAN, -1), -1):
+                kind, sid, waiting = self._records[i]
+                if sid != session_id:
+                    continue
+                if kind == INIT:
+                    self._records[i] = (kind, sid, {**waiting, **body})
+                    return
+                break
+        self.record(INIT, session_id, body)
+
     def drain(self) -> List[LifecycleRecord]:
         """Take every waiting record, oldest first."""
         with self._lock:
@@ -81,6 +103,10 @@ class OpenSession:
     auto_end: bool
     opened_at: float = field(default_factory=time.time)
     ended: bool = False
+    #: Nothing else ends it (bound by a scope only): ``LUCIDIC_SESSION_IDLE_END`` may.
+    idle_end: bool = False
+    #: Ended for idleness: an explicit end with an outcome may still follow, once.
+    idle_ended: bool = False
 
 
 class SessionRegistry:
@@ -91,24 +117,68 @@ class SessionRegistry:
         self._sessions: Dict[str, OpenSession] = {}
         self._lock = threading.Lock()
         self._ender = _Ender(journal)
+        self._idle = IdleTracker(self.end_idle)
 
     def open(
-        self, session_id: str, *, name: Optional[str] = None, auto_end: bool = False, **fields: Any
+        self,
+        session_id: str,
+        *,
+        name: Optional[str] = None,
+        auto_end: bool = False,
+        idle_end: bool = False,
+        **fields: Any,
     ) -> bool:
-        """Record the start of ``session_id`` once; later calls may only raise its auto_end."""
+        """Record the start of ``session_id`` once; later calls may only raise its auto_end.
+
+        ``idle_end``: only a scope binds it (``session``, ``set_active_session``), so the idle
+        end may end it; an opener that ends it itself (``init``, ``with_lucidic``) turns that off
+        for good.
+        """
         with self._lock:
             existing = self._sessions.get(session_id)
             if existing is not None and not existing.ended:
                 existing.auto_end = existing.auto_end or auto_end
+                existing.idle_end = existing.idle_end and idle_end
                 if name and not existing.name:
                     existing.name = name
-                    self._journal.record(INIT, session_id, _init_body(session_id, name, fields))
-                return False
-            self._sessions[session_id] = OpenSession(session_id, name, auto_end)
-            if len(self._sessions) > _REGISTRY_LIMIT:
-                self._prune()
-        self._journal.record(INIT, session_id, _init_body(session_id, name, fields))
-        return True
+                    self._journal.record_init(session_id, _init_body(session_id, name, fields))
+                track = existing.idle_end
+                opened = False
+            else:
+                self._sessions[session_id] = OpenSession(
+                    session_id, name, auto_end, idle_end=idle_end
+                )
+                if len(self._sessions) > _REGISTRY_LIMIT:
+                    self._prune()
+                track = idle_end
+                opened = True
+        if opened:
+            self._journal.record(INIT, session_id, _init_body(session_id, name, fields))
+        if track:
+            self._idle.track(session_id)
+        return opened
+
+    def idle_ended(self, session_id: str) -> bool:
+        """True when ``session_id`` was ended for idleness (a binding re-opens it)."""
+        s = self._sessions.get(session_id)
+        return s is not None and s.idle_ended and s.ended
+
+    def end_idle(self, session_ids: List[str]) -> int:
+        """End the given sessions that are still open and idle-endable (no outcome), after
+        one flush on the background thread; how many were ended."""
+        with self._lock:
+            due = []
+            for sid in session_ids:
+                s = self._sessions.get(sid)
+                if s is None or s.ended or s.auto_end or not s.idle_end:
+                    continue
+                s.ended = s.idle_ended = True
+                due.append(sid)
+        for sid in due:
+            self._ender.submit(sid, {"session_id": sid, "is_finished": True})
+        if due:
+            logger.debug("lucidic-otel: ended %d idle sessions", len(due))
+        return len(due)
 
     def _prune(self) -> None:
         """Bound memory in services that open a session per request: forget ended sessions,
@@ -132,15 +202,19 @@ class SessionRegistry:
         The end is recorded after a flush of the span pipeline. ``wait=False`` does the flush
         on a background thread so that the caller is not blocked by exporters.
         """
+        given = {k: v for k, v in fields.items() if v is not None}
         with self._lock:
             s = self._sessions.get(session_id)
             if s is not None and s.ended:
-                return False
+                if not (s.idle_ended and given):
+                    return False
+                s.idle_ended = False  # the outcome follows the idle end, once
             if s is None:
                 s = self._sessions[session_id] = OpenSession(session_id, None, False)
             s.ended = True
+        self._idle.forget(session_id)
         body = {"session_id": session_id, "is_finished": True}
-        body.update({k: v for k, v in fields.items() if v is not None})
+        body.update(given)
         if wait:
             self._ender.end_now([(session_id, body)])
         else:
@@ -186,12 +260,11 @@ class SessionRegistry:
         self._sessions = {}
         self._journal.after_fork()
         self._ender = _Ender(self._journal)
+        self._idle.after_fork()
 
 
 def _init_body(session_id: str, name: Optional[str], fields: Dict[str, Any]) -> Dict[str, Any]:
-    body: Dict[str, Any] = {"session_id": session_id}
-    if name:
-        body["session_name"] = name
+    body: Dict[str, Any] = {"session_id": session_id, "session_name": name or DEFAULT_SESSION_NAME}
     body.update({k: v for k, v in fields.items() if v is not None})
     return body
 

@@ -201,7 +201,8 @@ class session:  # noqa: N801 - a context manager named like a function, as conte
     Spans started inside get this session (unless a nested scope binds another); spans that
     were already open when the scope started keep their own, except the one it opens inside,
     which joins it if it has none. The session is recorded as started on first use and never
-    ended here: end it with :func:`~lucidic_otel.end_session`.
+    ended here: end it with :func:`~lucidic_otel.end_session`, or let
+    ``LUCIDIC_SESSION_IDLE_END`` end it once it is quiet (:mod:`.idle`).
 
     Args:
         session_id: the session to bind (1-128 chars of ``[A-Za-z0-9._:-]``). An invalid one
@@ -225,9 +226,10 @@ class session:  # noqa: N801 - a context manager named like a function, as conte
     def _context(self) -> Context:
         if self.session_id is None:
             return otel_context.get_current()
-        if not self._opened:  # on first use, so a decorator at import time records nothing
+        # On first use, so a decorator at import time records nothing; again after an idle end.
+        if not self._opened or REGISTRY.idle_ended(self.session_id):
             self._opened = True
-            REGISTRY.open(self.session_id)
+            REGISTRY.open(self.session_id, idle_end=True)
         _adopt_current_span(self.session_id)
         return context_with_session(self.session_id)
 
@@ -309,7 +311,7 @@ def set_active_session(session_id: str) -> Token:
     sid = checked_session_id(session_id, "set_active_session")
     if sid is None:
         return otel_context.attach(otel_context.get_current())
-    REGISTRY.open(sid)
+    REGISTRY.open(sid, idle_end=True)
     _adopt_current_span(sid)
     return otel_context.attach(context_with_session(sid))
 
