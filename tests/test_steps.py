@@ -707,10 +707,6 @@ def test_a_tool_inside_a_step_inside_a_session(pipe: Pipeline) -> None:
 # ----------------------------------------------------------------------- conversion gaps
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "convert: gen_ai.tool.call.result/arguments are JSON text, but _structured only decodes "
-    "text starting with [, { or \"; a number, true/false or null result (42, true, null) "
-    "reaches Lucidic as the string '42', 'true', 'null'"))
 def test_scalar_results_keep_their_json_type(pipe: Pipeline) -> None:
     @tool(tracer_provider=pipe.provider)
     def count() -> int:

@@ -376,10 +376,13 @@ WEATHER_TOOL_CALL = {
     "name": "get_weather",
     "arguments": {"city": "Paris"},
 }
+# A tool-call-only answer's readable output, as the official SDK writes it.
+WEATHER_OUTPUT = json.dumps({"name": "get_weather", "arguments": {"city": "Paris"}}, indent=4)
 CHAT_MISC = {
     "operation": "chat",
     "response_id": "chatcmpl-123",
     "response_model": "gpt-4o-mini-2024-07-18",
+    "request_model": "gpt-4o-mini",
     "server_address": "127.0.0.1",
     "finish_reasons": ["stop"],
     "streaming": False,
@@ -397,7 +400,7 @@ def test_genai_openai_chat_full_event() -> None:
         {
             "request": {
                 "provider": "openai",
-                "model": "gpt-4o-mini",
+                "model": "gpt-4o-mini-2024-07-18",
                 "messages": [
                     {"role": "system", "content": "Be brief."},
                     {"role": "user", "content": "Hi"},
@@ -424,6 +427,7 @@ def test_genai_openai_stream() -> None:
         "operation": "chat",
         "response_id": "chatcmpl-s1",
         "response_model": "gpt-4o-mini-2024-07-18",
+        "request_model": "gpt-4o-mini",
         "time_to_first_chunk": 0.006387266999979602,
         "server_address": "127.0.0.1",
         "finish_reasons": ["stop"],
@@ -434,7 +438,7 @@ def test_genai_openai_stream() -> None:
 
 def test_genai_openai_tool_call_is_structured_not_flattened() -> None:
     payload = convert(make_span("chat gpt-4o-mini", GENAI_TOOL))["payload"]
-    assert payload["response"] == {"output": None, "tool_calls": [WEATHER_TOOL_CALL]}
+    assert payload["response"] == {"output": WEATHER_OUTPUT, "tool_calls": [WEATHER_TOOL_CALL]}
     assert payload["request"]["messages"] == [{"role": "user", "content": "Weather in Paris?"}]
     assert payload["request"]["params"] == {
         "tools": [
@@ -454,7 +458,8 @@ def test_genai_openai_streamed_tool_call_without_usage() -> None:
     assert payload["response"]["tool_calls"] == [
         {"id": "call_s1", "type": "function", "name": "get_weather", "arguments": {"city": "Rome"}}
     ]
-    assert payload["response"]["output"] is None
+    assert payload["response"]["output"] == json.dumps(
+        {"name": "get_weather", "arguments": {"city": "Rome"}}, indent=4)
     assert payload["usage"] == {"input_tokens": None, "output_tokens": None, "cost": None}
     assert payload["misc"]["streaming"] is True
 
@@ -486,7 +491,8 @@ def test_genai_openai_error_stays_llm_generation() -> None:
                 "params": {},
             },
             "response": {"output": None, "tool_calls": []},
-            "usage": {"input_tokens": None, "output_tokens": None, "cost": None},
+            # A failed call counts 0 tokens, not null, as the official SDK sends it.
+            "usage": {"input_tokens": 0, "output_tokens": 0, "cost": None},
             "status": "error",
             "error": "Error code: 400 - bad model",
             "misc": {
@@ -550,11 +556,11 @@ def test_openai_v2_on_util_genai_1_1_tool_call() -> None:
         {
             "request": {
                 "provider": "openai",
-                "model": "gpt-4o-mini",
+                "model": "gpt-4o-mini-2024-07-18",
                 "messages": [{"role": "user", "content": "Weather in Paris?"}],
                 "params": {},
             },
-            "response": {"output": None, "tool_calls": [WEATHER_TOOL_CALL]},
+            "response": {"output": WEATHER_OUTPUT, "tool_calls": [WEATHER_TOOL_CALL]},
             "usage": {"input_tokens": 12, "output_tokens": 5, "cost": 4.8e-06},
             "misc": dict(CHAT_MISC, finish_reasons=["tool_calls"]),
         },
@@ -570,7 +576,7 @@ def test_openai_v2_legacy_span_without_content() -> None:
         {
             "request": {
                 "provider": "openai",
-                "model": "gpt-4o-mini",
+                "model": "gpt-4o-mini-2024-07-18",
                 "messages": [],
                 "params": {"temperature": 0.2, "top_p": 0.9, "max_tokens": 50, "seed": 7},
             },
@@ -588,6 +594,7 @@ def test_openai_v2_legacy_stream_has_no_stream_flag_or_finish_reasons() -> None:
         "operation": "chat",
         "response_id": "chatcmpl-s1",
         "response_model": "gpt-4o-mini-2024-07-18",
+        "request_model": "gpt-4o-mini",
         "server_address": "127.0.0.1",
         "streaming": False,
     }
@@ -619,7 +626,7 @@ def test_legacy_events_with_tool_calls_and_tool_results() -> None:
         {"role": "assistant", "content": None, "tool_calls": [WEATHER_TOOL_CALL]},
         {"role": "tool", "content": "sunny, 22C", "tool_call_id": "call_abc123"},
     ]
-    assert payload["response"] == {"output": None, "tool_calls": [WEATHER_TOOL_CALL]}
+    assert payload["response"] == {"output": WEATHER_OUTPUT, "tool_calls": [WEATHER_TOOL_CALL]}
 
 
 def test_legacy_event_body_as_json_string_and_prompt_tokens() -> None:
@@ -819,13 +826,31 @@ def test_failed_tool_span_carries_the_error() -> None:
 def test_tool_name_falls_back_to_span_name_and_plain_results_stay_text() -> None:
     span = make_span(
         "execute_tool search",
-        {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.call.result": "42"},
+        {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.call.result": "forty-two"},
     )
     assert convert(span)["payload"] == {
         "function_name": "search",
         "arguments": None,
-        "return_value": "42",
+        "return_value": "forty-two",
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("42", 42), (" -1.5e3 ", -1500.0), ("true", True), ("false", False), ("null", None),
+     ("0", 0), ("42 apples", "42 apples"), ("NaN", "NaN"), ("Infinity", "Infinity"),
+     ("1e999", "1e999"), ("+1", "+1"), ("007", "007"), ("True", "True"), ("", None)],
+)
+def test_a_result_that_is_wholly_a_json_scalar_keeps_its_type(text: str, value: Any) -> None:
+    span = make_span(
+        "execute_tool count",
+        {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.call.result": text,
+         "gen_ai.tool.call.arguments": text},
+    )
+    payload = convert(span)["payload"]
+    expected = text if text == "" else value
+    assert payload["return_value"] == expected and payload["arguments"] == expected
+    assert type(payload["return_value"]) is type(expected)
 
 
 def test_openinference_and_traceloop_tool_spans() -> None:
@@ -855,7 +880,7 @@ def test_openinference_and_traceloop_tool_spans() -> None:
     assert convert(traceloop)["payload"] == {
         "function_name": "add",
         "arguments": {"args": [1, 2], "kwargs": {}},
-        "return_value": "3",
+        "return_value": 3,  # Traceloop writes the result as JSON
     }
 
 
@@ -932,7 +957,7 @@ def test_llm_span_with_exception_event_uses_it_for_the_error() -> None:
         ("GET", {"http.request.method": "GET", "url.full": "https://example.com/"}),
         ("SELECT", {"db.system": "sqlite", "db.statement": "SELECT 1"}),
         ("my work", {}),
-        ("invoke_agent planner", {"gen_ai.operation.name": "invoke_agent",
+        ("create_agent planner", {"gen_ai.operation.name": "create_agent",
                                   "gen_ai.provider.name": "openai"}),
         ("workflow", {"traceloop.span.kind": "workflow"}),
         ("chain", {"openinference.span.kind": "CHAIN"}),
@@ -952,13 +977,44 @@ def test_exception_on_span_that_ended_ok_is_not_an_error() -> None:
     assert convert(span) is None
 
 
-def test_agent_span_with_exception_is_an_error_traceback() -> None:
+def test_agent_and_workflow_spans_are_generic_events() -> None:
+    agent = make_span(
+        "invoke_agent planner",
+        {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "planner",
+         "gen_ai.agent.id": "a-1", "gen_ai.agent.description": "plans trips",
+         "gen_ai.provider.name": "openai", "gen_ai.conversation.id": "conv-9"},
+    )
+    event = convert(agent)
+    assert event["type"] == "generic"
+    assert event["payload"] == {
+        "details": "Agent planner",
+        "misc": {"operation": "invoke_agent", "agent_name": "planner", "agent_id": "a-1",
+                 "conversation_id": "conv-9", "provider": "openai",
+                 "description": "plans trips"},
+    }
+    workflow = make_span("invoke_workflow Agent workflow",
+                         {"gen_ai.operation.name": "invoke_workflow"})
+    assert convert(workflow)["payload"] == {
+        "details": "Workflow Agent workflow", "misc": {"operation": "invoke_workflow"}}
+    hidden = span_to_event(agent, "sess-1", None, capture_content=False)
+    assert "description" not in hidden["payload"]["misc"]
+    assert not is_llm_span(agent) and llm_summary(agent) is None
+
+
+def test_a_failed_agent_span_is_a_generic_event_with_the_error() -> None:
     span = make_span(
         "invoke_agent planner",
         {"gen_ai.operation.name": "invoke_agent"},
-        events_=[("exception", {"exception.type": "RuntimeError"})],
+        events_=[("exception", {"exception.type": "RuntimeError",
+                                "exception.stacktrace": "Traceback ..."})],
     )
-    assert convert(span)["payload"] == {"error": "RuntimeError", "traceback": ""}
+    event = convert(span)
+    assert event["type"] == "generic"
+    assert event["payload"] == {
+        "details": "Agent planner failed: RuntimeError",
+        "misc": {"operation": "invoke_agent", "error": "RuntimeError",
+                 "traceback": "Traceback ..."},
+    }
 
 
 # --------------------------------------------------------------------- robustness
@@ -1160,7 +1216,7 @@ def test_content_off_keeps_roles_tools_tokens_cost_and_model() -> None:
     weather = {"id": "call_abc123", "type": "function", "name": "get_weather"}
     assert payload["request"] == {
         "provider": "openai",
-        "model": "gpt-4o-mini",
+        "model": "gpt-4o-mini-2024-07-18",
         "messages": [
             {"role": "user", "content": None},
             {"role": "assistant", "content": None, "tool_calls": [weather]},
@@ -1189,7 +1245,7 @@ def test_llm_summary_of_a_chat_span() -> None:
     span = make_span("chat gpt-4o-mini", GENAI_CHAT)
     assert is_llm_span(span)
     assert llm_summary(span) == {
-        "model": "gpt-4o-mini",
+        "model": "gpt-4o-mini-2024-07-18",
         "provider": "openai",
         "input_tokens": 12,
         "output_tokens": 5,
@@ -1250,3 +1306,27 @@ def test_random_spans_never_raise(
     convert(span, capture_content=capture)
     is_llm_span(span)
     llm_summary(span)
+
+
+@pytest.mark.parametrize("count", ["²", "١٢", "12a", "1" * 5000])
+def test_a_count_that_is_not_ascii_decimal_is_no_count(count: str) -> None:
+    # "²".isdigit() is True but int("²") raises: the payload must not fall back.
+    span = make_span("chat gpt-4o-mini", {"gen_ai.operation.name": "chat",
+                                          "gen_ai.request.model": "gpt-4o-mini",
+                                          "gen_ai.usage.input_tokens": count,
+                                          "gen_ai.usage.output_tokens": " 7 "})
+    payload = convert(span)["payload"]
+    assert "conversion_error" not in payload["misc"]
+    assert payload["usage"]["input_tokens"] is None and payload["usage"]["output_tokens"] == 7
+
+
+def test_cached_input_tokens_are_billed_at_the_cached_rate() -> None:
+    span = make_span("chat gpt-4o-mini", {"gen_ai.operation.name": "chat",
+                                          "gen_ai.request.model": "gpt-4o-mini",
+                                          "gen_ai.usage.input_tokens": 1000,
+                                          "gen_ai.usage.cache_read.input_tokens": 800,
+                                          "gen_ai.usage.output_tokens": 100,
+                                          "gen_ai.usage.reasoning.output_tokens": 60})
+    usage = convert(span)["payload"]["usage"]
+    # reasoning tokens are inside the 100 output tokens: not billed again
+    assert usage["cost"] == pytest.approx((200 * 0.15 + 800 * 0.075 + 100 * 0.60) / 1e6)

@@ -1,8 +1,10 @@
 """What kind of span this is: an LLM call, a tool call, a failure, or none of our business.
 
 Runs for every exported span, so the common case (HTTP, database, user spans) is rejected
-after a handful of dict lookups. Agent, workflow and retrieval spans carry ``gen_ai.*``
-attributes too but are not generations: they classify as None.
+after a handful of dict lookups. Agent and workflow spans of the GenAI semantic conventions
+(``invoke_agent``, ``invoke_workflow``) classify as :data:`AGENT`: they become ``generic``
+events, so what ran inside them has them as parent and an agent run shows as a tree. Other
+``gen_ai.*`` spans that are not generations (retrieval, ``create_agent``) classify as None.
 """
 
 from __future__ import annotations
@@ -21,26 +23,32 @@ logger = logging.getLogger(__name__)
 LLM_GENERATION = "llm_generation"
 FUNCTION_CALL = "function_call"
 ERROR_TRACEBACK = "error_traceback"
+GENERIC = "generic"
 
 # Span kinds, as classify() returns them.
 LLM = "llm"
 TOOL = "tool"
+AGENT = "agent"
 
 # gen_ai.operation.name values that are one model call.
 _LLM_OPERATIONS = frozenset(
     {"chat", "text_completion", "generate_content", "embeddings", "completion", "embedding"}
 )
+_AGENT_OPERATIONS = frozenset({"invoke_agent", "invoke_workflow"})
 _OPENINFERENCE_LLM_KINDS = frozenset({"LLM", "EMBEDDING"})
 _EXCEPTION_EVENT = "exception"
 
 
 def classify(attrs: Mapping[str, Any]) -> Optional[str]:
-    """:data:`LLM`, :data:`TOOL` or None, from the first convention the span speaks."""
+    """:data:`LLM`, :data:`TOOL`, :data:`AGENT` or None, from the first convention the span
+    speaks."""
     operation = attrs.get("gen_ai.operation.name")
     if isinstance(operation, str):
         if operation == "execute_tool":
             return TOOL
-        return LLM if operation in _LLM_OPERATIONS else None
+        if operation in _LLM_OPERATIONS:
+            return LLM
+        return AGENT if operation in _AGENT_OPERATIONS else None
     openinference_kind = attrs.get("openinference.span.kind")
     if openinference_kind is not None:
         return _openinference(openinference_kind)

@@ -1,14 +1,16 @@
 """Finished OpenTelemetry spans -> Lucidic event bodies.
 
-The backend knows four event types; three of them can be derived from spans:
+The backend knows four event types, all derived from spans:
 
 * ``llm_generation`` from GenAI inference spans (chat, completions, embeddings);
 * ``function_call`` from tool spans (``gen_ai.operation.name == "execute_tool"`` and the
   OpenInference / Traceloop equivalents);
+* ``generic`` from GenAI agent and workflow spans (``invoke_agent``, ``invoke_workflow``), so
+  the model and tool calls inside them have them as parent and an agent run is a tree;
 * ``error_traceback`` from any other span that recorded an ``exception`` event.
 
-Everything else (HTTP, database, agent and user spans) maps to None: those spans are kept
-locally by the caller, not sent as events.
+Everything else (HTTP, database and user spans) maps to None: those spans are kept locally by
+the caller, not sent as events.
 
 GenAI instrumentations disagree on where they put things, and the same program may run with
 either OpenAI instrumentation, so each field is read from every known shape, newest first:
@@ -44,8 +46,10 @@ from typing import Any, Dict, Mapping, Optional
 
 from lucidic_otel._diagnostics import never_raises, swallow
 from lucidic_otel.convert.classify import (
+    AGENT,
     ERROR_TRACEBACK,
     FUNCTION_CALL,
+    GENERIC,
     LLM,
     LLM_GENERATION,
     TOOL,
@@ -56,7 +60,9 @@ from lucidic_otel.convert.envelope import envelope
 from lucidic_otel.convert.payloads import error_payload as _error_payload
 from lucidic_otel.convert.payloads import fallback_payload, provider, request_model, usage
 from lucidic_otel.convert.payloads import function_payload as _function_payload
+from lucidic_otel.convert.payloads import generic_payload as _generic_payload
 from lucidic_otel.convert.payloads import llm_payload as _llm_payload
+from lucidic_otel.convert.pricing import PriceTable
 from lucidic_otel.convert.spanlike import PlainEvent, PlainSpan, SpanIds, SpanLike
 from lucidic_otel.convert.values import UNKNOWN
 
@@ -65,6 +71,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ERROR_TRACEBACK",
     "FUNCTION_CALL",
+    "GENERIC",
     "LLM_GENERATION",
     "UNKNOWN",
     "PlainEvent",
@@ -87,7 +94,7 @@ def is_llm_span(span: SpanLike) -> bool:
 
 
 @never_raises(logger, "summarising an LLM span", default=None)
-def llm_summary(span: SpanLike) -> Optional[Dict[str, Any]]:
+def llm_summary(span: SpanLike, prices: Optional[PriceTable] = None) -> Optional[Dict[str, Any]]:
     """Model, provider, tokens and cost of an LLM span, or None for any other span.
 
     Reads only scalar attributes (no message parsing), so a CLI can list the LLM calls of
@@ -97,7 +104,7 @@ def llm_summary(span: SpanLike) -> Optional[Dict[str, Any]]:
     attrs = span.attributes or {}
     if classify(attrs) != LLM:
         return None
-    counts = usage(attrs)
+    counts = usage(attrs, prices)
     return {
         "model": request_model(attrs),
         "provider": provider(attrs),
@@ -113,6 +120,7 @@ def span_to_event(
     parent_event_id: Optional[str],
     *,
     capture_content: bool = True,
+    prices: Optional[PriceTable] = None,
 ) -> Optional[Dict[str, Any]]:
     """The Lucidic event body for a finished span, or None if the span is not an event.
 
@@ -131,6 +139,8 @@ def span_to_event(
         session_id: the Lucidic session the event belongs to.
         parent_event_id: the event id of the nearest ancestor span that is an event.
         capture_content: keep message, output and tool argument/result text.
+        prices: the price table for ``usage.cost`` (the built-in one when None), loaded once
+            by the caller, e.g. the built-in table merged with a ``LUCIDIC_PRICES`` file.
 
     Examples:
         >>> span_to_event(span, "sess-1", None)["type"]
@@ -154,14 +164,17 @@ def span_to_event(
         swallow(logger, "identifying a span for conversion", exc)
         return None
     try:
-        body["payload"] = _payload(span, event_type, attrs, exception, capture_content)
+        body["payload"] = _payload(span, event_type, attrs, exception, capture_content,
+                                   prices)
     except Exception as exc:  # noqa: BLE001 - degrade to a minimal, valid payload
         swallow(logger, "converting a span's payload", exc)
         body["payload"] = fallback_payload(event_type, exc)
     return body
 
 
-_EVENT_TYPES = {LLM: LLM_GENERATION, TOOL: FUNCTION_CALL, None: ERROR_TRACEBACK}
+_EVENT_TYPES = {
+    LLM: LLM_GENERATION, TOOL: FUNCTION_CALL, AGENT: GENERIC, None: ERROR_TRACEBACK,
+}
 
 
 def _payload(
@@ -170,10 +183,13 @@ def _payload(
     attrs: Mapping[str, Any],
     exception: Optional[Mapping[str, Any]],
     capture: bool,
+    prices: Optional[PriceTable],
 ) -> Dict[str, Any]:
     # Looked up as module globals at call time, so a test can replace one builder.
     if kind == LLM_GENERATION:
-        return _llm_payload(span, attrs, capture)
+        return _llm_payload(span, attrs, capture, prices)
     if kind == FUNCTION_CALL:
         return _function_payload(span, attrs, capture)
+    if kind == GENERIC:
+        return _generic_payload(span, attrs, capture)
     return _error_payload(exception or {})

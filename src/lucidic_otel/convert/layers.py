@@ -34,6 +34,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from lucidic_otel.convert.pricing import PriceTable
 from lucidic_otel.convert.pricing import cost as _price_cost
 from lucidic_otel.convert.pricing import price as _price
 
@@ -102,8 +103,9 @@ class LayerTracker:
     """Groups the LLM spans of one call across export batches. Used by one exporter, on its
     export thread (the SDK never runs two exports of one exporter at once)."""
 
-    def __init__(self, max_calls: int = MAX_CALLS) -> None:
+    def __init__(self, max_calls: int = MAX_CALLS, prices: Optional[PriceTable] = None) -> None:
         self._max_calls = max_calls
+        self._prices = prices
         self._calls: OrderedDict[int, _Call] = OrderedDict()
         self._by_span: Dict[Tuple[str, str], _Call] = {}
         self._by_parent: Dict[Tuple[str, str], List[_Call]] = {}
@@ -122,7 +124,7 @@ class LayerTracker:
             self._remember(call, span)
             return "new", call
         inner = _is_child_of(span, call) and not _is_parent_of(span, call)
-        call.event = _merge_events(call, span, inner)
+        call.event = _merge_events(call, span, inner, self._prices)
         call.members[(span.trace_id, span.span_id)] = span.parent_span_id
         call.scopes.add(span.scope)
         if inner and not call.written:
@@ -238,7 +240,9 @@ def _related(call: _Call, span: LayerSpan) -> bool:
 # ----------------------------------------------------------------------------- merging
 
 
-def _merge_events(call: _Call, span: LayerSpan, inner: bool) -> Dict[str, Any]:
+def _merge_events(
+    call: _Call, span: LayerSpan, inner: bool, prices: Optional[PriceTable] = None
+) -> Dict[str, Any]:
     """The call's event with ``span``'s layer joined; the envelope (ids, timing, metadata) is
     the innermost layer's until the event has been written, and stays put after that."""
     known, new = call.event, span.event
@@ -246,7 +250,7 @@ def _merge_events(call: _Call, span: LayerSpan, inner: bool) -> Dict[str, Any]:
     envelope = new if inner and not call.written else known
     merged = dict(envelope)
     merged["payload"] = merge_payloads(inner_event.get("payload", {}),
-                                       outer_event.get("payload", {}))
+                                       outer_event.get("payload", {}), prices)
     layers = _layers(outer_event) + _layers(inner_event)
     merged["payload"].setdefault("misc", {})["layers"] = layers
     return merged
@@ -263,7 +267,9 @@ def _layers(event: Dict[str, Any]) -> List[Dict[str, Any]]:
     return [layer]
 
 
-def merge_payloads(inner: Dict[str, Any], outer: Dict[str, Any]) -> Dict[str, Any]:
+def merge_payloads(
+    inner: Dict[str, Any], outer: Dict[str, Any], prices: Optional[PriceTable] = None
+) -> Dict[str, Any]:
     """The union of two layers' ``llm_generation`` payloads; the inner layer wins ties."""
     inner_misc, outer_misc = inner.get("misc", {}) or {}, outer.get("misc", {}) or {}
     misc, response_model = _merge_misc(inner_misc, outer_misc)
@@ -272,7 +278,7 @@ def merge_payloads(inner: Dict[str, Any], outer: Dict[str, Any]) -> Dict[str, An
         "request": request,
         "response": _merge_response(inner.get("response", {}), outer.get("response", {})),
         "usage": _merge_usage(inner.get("usage") or {}, outer.get("usage") or {},
-                              response_model, request["model"]),
+                              (response_model, request["model"]), misc, prices),
     }
     for failed in (inner, outer):
         if failed.get("status") == "error":
@@ -316,15 +322,19 @@ def _merge_response(inner: Dict[str, Any], outer: Dict[str, Any]) -> Dict[str, A
     return response
 
 
-def _merge_usage(inner: Dict[str, Any], outer: Dict[str, Any], response_model: Any,
-                 request_model: str) -> Dict[str, Any]:
-    """Each count from the innermost layer that has it, priced once for the merged call."""
+def _merge_usage(inner: Dict[str, Any], outer: Dict[str, Any], models: Tuple[Any, str],
+                 misc: Dict[str, Any], prices: Optional[PriceTable]) -> Dict[str, Any]:
+    """Each count from the innermost layer that has it, priced once for the merged call
+    (cache reads and writes from the merged misc at their own rates)."""
     input_tokens = _first(inner.get("input_tokens"), outer.get("input_tokens"))
     output_tokens = _first(inner.get("output_tokens"), outer.get("output_tokens"))
     usd = None
     if input_tokens is not None or output_tokens is not None:
-        model = response_model if _price(response_model) is not None else request_model
-        usd = _price_cost(model, input_tokens, output_tokens)
+        response_model, request_model = models
+        model = response_model if _price(response_model, prices) is not None else request_model
+        usd = _price_cost(model, input_tokens, output_tokens,
+                          misc.get("cache_read_input_tokens"),
+                          misc.get("cache_creation_input_tokens"), table=prices)
     return {"input_tokens": input_tokens, "output_tokens": output_tokens, "cost": usd}
 
 

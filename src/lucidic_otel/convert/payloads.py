@@ -7,6 +7,7 @@ keep working when content capture is switched off.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -14,14 +15,15 @@ from opentelemetry.trace import StatusCode
 
 from lucidic_otel.convert.classify import (
     FUNCTION_CALL,
+    GENERIC,
     LLM_GENERATION,
     exception_text,
     last_exception,
 )
 from lucidic_otel.convert.messages import input_messages
 from lucidic_otel.convert.output import Output, read_output
+from lucidic_otel.convert.pricing import PriceTable, price
 from lucidic_otel.convert.pricing import cost as price_cost
-from lucidic_otel.convert.pricing import price
 from lucidic_otel.convert.spanlike import SpanLike
 from lucidic_otel.convert.values import (
     UNKNOWN,
@@ -49,6 +51,17 @@ _OUTPUT_TOKEN_KEYS = (
     "gen_ai.usage.completion_tokens",
     "llm.usage.completion_tokens",
     "llm.token_count.completion",
+)
+_CACHE_READ_KEYS = (
+    "gen_ai.usage.cache_read.input_tokens",
+    "gen_ai.usage.cache_read_input_tokens",
+    "llm.token_count.prompt_details.cache_read",
+)
+_CACHE_WRITE_KEYS = (
+    "gen_ai.usage.cache_creation.input_tokens",
+    "gen_ai.usage.cache_write.input_tokens",
+    "gen_ai.usage.cache_creation_input_tokens",
+    "llm.token_count.prompt_details.cache_write",
 )
 _REQUEST_MODEL_KEYS = ("gen_ai.request.model", "llm.request.model", "llm.model_name")
 _RESPONSE_MODEL_KEYS = ("gen_ai.response.model", "llm.response.model", "llm.model_name")
@@ -90,8 +103,17 @@ _MISC_KEYS = (
 # --------------------------------------------------------------------------- llm_generation
 
 
-def llm_payload(span: SpanLike, attrs: Mapping[str, Any], capture: bool) -> Dict[str, Any]:
-    """The ``llm_generation`` payload: request, response, usage, status and misc."""
+def llm_payload(
+    span: SpanLike,
+    attrs: Mapping[str, Any],
+    capture: bool,
+    prices: Optional[PriceTable] = None,
+) -> Dict[str, Any]:
+    """The ``llm_generation`` payload: request, response, usage, status and misc.
+
+    A failed call with no reported usage counts 0 tokens (not null), as the official SDK
+    sends it; its cost stays null.
+    """
     params, flat = scan(attrs)
     unparsed: List[str] = []
     messages = input_messages(span.events, attrs, flat, unparsed)
@@ -109,12 +131,16 @@ def llm_payload(span: SpanLike, attrs: Mapping[str, Any], capture: bool) -> Dict
             "params": params,
         },
         "response": _response(output, capture),
-        "usage": usage(attrs),
+        "usage": usage(attrs, prices),
     }
     error = error_text(span, attrs)
     if error is not None:
         payload["status"] = "error"
         payload["error"] = error
+        counts = payload["usage"]
+        for key in ("input_tokens", "output_tokens"):
+            if counts[key] is None:
+                counts[key] = 0
     misc = _llm_misc(attrs, output.finish_reasons)
     if unparsed:
         misc["unparsed_attributes"] = unparsed
@@ -125,13 +151,25 @@ def llm_payload(span: SpanLike, attrs: Mapping[str, Any], capture: bool) -> Dict
 def _response(output: Output, capture: bool) -> Dict[str, Any]:
     if not capture:
         return {"output": None, "tool_calls": [without_arguments(c) for c in output.tool_calls]}
-    response: Dict[str, Any] = {
-        "output": "\n".join(output.texts) if output.texts else None,
-        "tool_calls": output.tool_calls,
-    }
+    text = None
+    if output.texts:
+        text = "\n".join(output.texts)
+    elif output.tool_calls:
+        text = tool_calls_text(output.tool_calls)
+    response: Dict[str, Any] = {"output": text, "tool_calls": output.tool_calls}
     if output.thinking:
         response["thinking"] = output.thinking
     return response
+
+
+def tool_calls_text(calls: List[Dict[str, Any]]) -> str:
+    """The readable output of an answer that is only tool calls, as the official SDK writes
+    it: each call's ``{"name", "arguments"}`` as indented JSON, one after the other."""
+    return "\n".join(
+        json.dumps({"name": call.get("name"), "arguments": call.get("arguments")},
+                   indent=4, ensure_ascii=False, default=str)
+        for call in calls
+    )
 
 
 def provider(attrs: Mapping[str, Any]) -> str:
@@ -141,25 +179,35 @@ def provider(attrs: Mapping[str, Any]) -> str:
 
 
 def request_model(attrs: Mapping[str, Any]) -> str:
-    """The model asked for (the response model when the request did not name one)."""
+    """``request.model``: the model that answered (the dated ``gen_ai.response.model``, as the
+    official SDK reports it) when the span has it, else the model asked for.
+
+    The model asked for, when it differs, is in ``misc.request_model``.
+    """
     return (
-        first_str(attrs, _REQUEST_MODEL_KEYS)
-        or first_str(attrs, _RESPONSE_MODEL_KEYS)
+        first_str(attrs, _RESPONSE_MODEL_KEYS)
+        or first_str(attrs, _REQUEST_MODEL_KEYS)
         or UNKNOWN
     )
 
 
-def usage(attrs: Mapping[str, Any]) -> Dict[str, Any]:
-    """Token counts and their estimated cost (None when no count or no price is known)."""
+def usage(attrs: Mapping[str, Any], prices: Optional[PriceTable] = None) -> Dict[str, Any]:
+    """Token counts and their estimated cost (None when no count or no price is known).
+
+    Cached input tokens (cache reads and writes, part of the input count) are billed at their
+    own rates; reasoning tokens are part of the output count and billed as output.
+    """
     input_tokens = first_int(attrs, _INPUT_TOKEN_KEYS)
     output_tokens = first_int(attrs, _OUTPUT_TOKEN_KEYS)
     usd = None
     if input_tokens is not None or output_tokens is not None:
         # The response model names the snapshot that was billed; fall back to the request.
         model = first_str(attrs, _RESPONSE_MODEL_KEYS)
-        if price(model) is None:
+        if price(model, prices) is None:
             model = first_str(attrs, _REQUEST_MODEL_KEYS)
-        usd = price_cost(model, input_tokens, output_tokens)
+        usd = price_cost(model, input_tokens, output_tokens,
+                         first_int(attrs, _CACHE_READ_KEYS),
+                         first_int(attrs, _CACHE_WRITE_KEYS), table=prices)
     return {"input_tokens": input_tokens, "output_tokens": output_tokens, "cost": usd}
 
 
@@ -172,6 +220,9 @@ def _llm_misc(attrs: Mapping[str, Any], finish_from_messages: List[str]) -> Dict
         value = attrs.get(key)
         if value is not None:
             misc[name] = jsonable(value)
+    asked = first_str(attrs, _REQUEST_MODEL_KEYS)
+    if asked and asked != misc.get("response_model", asked):
+        misc["request_model"] = asked
     finish = _finish_reasons(attrs.get("gen_ai.response.finish_reasons"), finish_from_messages)
     if finish is not None:
         misc["finish_reasons"] = finish
@@ -305,6 +356,64 @@ def _function_misc(attrs: Mapping[str, Any], capture: bool) -> Dict[str, Any]:
     return misc
 
 
+# ---------------------------------------------------------------------------------- generic
+
+# (attribute, misc key) of an agent or workflow span; none of them carries content.
+_AGENT_MISC_KEYS = (
+    ("gen_ai.agent.name", "agent_name"),
+    ("gen_ai.agent.id", "agent_id"),
+    ("gen_ai.workflow.name", "workflow_name"),
+    ("gen_ai.conversation.id", "conversation_id"),
+    ("gen_ai.provider.name", "provider"),
+    ("gen_ai.request.model", "request_model"),
+    ("error.type", "error_type"),
+)
+_AGENT_NAMES = {"invoke_agent": ("Agent", "gen_ai.agent.name"),
+                "invoke_workflow": ("Workflow", "gen_ai.workflow.name")}
+
+
+def generic_payload(span: SpanLike, attrs: Mapping[str, Any], capture: bool) -> Dict[str, Any]:
+    """The ``generic`` payload of an agent or workflow span: ``details`` names it (``Agent
+    weather_agent``, ``Workflow Agent workflow``), ``misc`` keeps its ``gen_ai.*`` identity
+    (agent and workflow name, ids, conversation) and, when it failed, the error."""
+    operation = as_str(attrs.get("gen_ai.operation.name")) or ""
+    label, name_key = _AGENT_NAMES.get(operation, ("Step", "gen_ai.agent.name"))
+    name = as_str(attrs.get(name_key)) or _name_after_operation(span.name or "", operation)
+    details = f"{label} {name}" if name else label
+    misc: Dict[str, Any] = {"operation": operation} if operation else {}
+    for key, misc_key in _AGENT_MISC_KEYS:
+        value = as_str(attrs.get(key))
+        if value:
+            misc[misc_key] = value
+    if capture:
+        description = as_str(attrs.get("gen_ai.agent.description"))
+        if description:
+            misc["description"] = description
+    error = _generic_error(span, attrs, misc)
+    if error is not None:
+        details = f"{details} failed: {error}"
+    return {"details": details, "misc": misc}
+
+
+def _generic_error(span: SpanLike, attrs: Mapping[str, Any], misc: Dict[str, Any]) -> Optional[str]:
+    """Why an agent or workflow span failed (also put in ``misc`` with its traceback)."""
+    error = error_text(span, attrs)
+    if error is None:
+        return None
+    misc["error"] = error
+    exception = last_exception(span)
+    trace = to_text(exception.get("exception.stacktrace")) if exception else None
+    if trace:
+        misc["traceback"] = trace
+    return error
+
+
+def _name_after_operation(span_name: str, operation: str) -> str:
+    """``invoke_agent planner`` -> ``planner``; a span name without the prefix as it is."""
+    prefix = operation + " "
+    return span_name[len(prefix):] if operation and span_name.startswith(prefix) else span_name
+
+
 # ------------------------------------------------------------------------------------ errors
 
 
@@ -342,4 +451,6 @@ def fallback_payload(event_type: str, exc: Exception) -> Dict[str, Any]:
         }
     if event_type == FUNCTION_CALL:
         return {"function_name": UNKNOWN, "arguments": None, "return_value": None, "misc": note}
+    if event_type == GENERIC:
+        return {"details": UNKNOWN, "misc": note}
     return {"error": "error", "traceback": "", "misc": note}

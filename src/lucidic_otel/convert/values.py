@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 logger = logging.getLogger(__name__)
@@ -20,6 +21,11 @@ MAX_DEPTH = 64
 #: "No value" where None is a value.
 MISSING: Any = object()
 _INF = float("inf")
+# A JSON number exactly as RFC 8259 spells it (no NaN, Infinity, leading "+" or zeros).
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+_JSON_LITERALS = {"true": True, "false": False, "null": None}
+# Longer text is not a number anyone meant (and is not worth the regex).
+_MAX_NUMBER_CHARS = 64
 
 
 class Malformed:
@@ -68,7 +74,8 @@ def as_items(value: Any) -> Sequence[Any]:
 
 
 def structured(value: Any) -> Any:
-    """Tool arguments and results: JSON objects/arrays decoded, anything else kept as is."""
+    """Tool arguments and results: JSON text decoded (objects, arrays, and text that is
+    wholly a JSON number, ``true``, ``false`` or ``null``), anything else kept as is."""
     if value is None:
         return None
     parsed = parse(value)
@@ -77,8 +84,22 @@ def structured(value: Any) -> Any:
     if isinstance(parsed, (Mapping, list, tuple)):
         return jsonable(parsed)
     if isinstance(value, str):
-        return value
+        return json_scalar(value)
     return jsonable(value)
+
+
+def json_scalar(text: str) -> Any:
+    """``text`` decoded when all of it (blanks aside) is a JSON number, ``true``, ``false``
+    or ``null``; otherwise ``text`` itself."""
+    if len(text) > _MAX_NUMBER_CHARS:
+        return text
+    stripped = text.strip()
+    if stripped in _JSON_LITERALS:
+        return _JSON_LITERALS[stripped]
+    if not _JSON_NUMBER.fullmatch(stripped):
+        return text
+    number = json.loads(stripped)
+    return number if not isinstance(number, float) or number not in (_INF, -_INF) else text
 
 
 def jsonable(value: Any, depth: int = 0) -> Any:
@@ -162,8 +183,12 @@ def _count(value: Any) -> Any:
         return value if value >= 0 else None
     if isinstance(value, float) and value == value and 0 <= value < _INF:
         return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+    if isinstance(value, str):
+        # isdigit() accepts "²" and other digits int() rejects: ASCII decimal digits only.
+        # A count has at most 20 digits; int() refuses strings of thousands.
+        text = value.strip()
+        if len(text) <= 20 and text.isascii() and text.isdecimal():
+            return int(text)
     return MISSING
 
 

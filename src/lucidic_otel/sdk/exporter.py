@@ -9,9 +9,11 @@ precedes its events in the outbox and an end recorded after a flush follows them
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from opentelemetry import trace
@@ -22,6 +24,7 @@ from lucidic_otel import _diagnostics, gil
 from lucidic_otel.config import Settings, get_settings
 from lucidic_otel.convert.events import llm_summary, span_to_event
 from lucidic_otel.convert.layers import LateMerge, LayerSpan, LayerTracker
+from lucidic_otel.convert.pricing import BUILTIN, RATE_FIELDS, PriceTable, table_from_json
 from lucidic_otel.delivery import sender
 from lucidic_otel.ids import event_id
 from lucidic_otel.outbox.store import SpanRecord, Store, default_store_path
@@ -79,6 +82,33 @@ def _set_llm_summary(record: SpanRecord, event: Mapping[str, Any]) -> None:
     record.cost = usage.get("cost")
 
 
+def load_prices(path: Optional[Path]) -> PriceTable:
+    """The built-in price table, with the ``LUCIDIC_PRICES`` file at ``path`` laid over it.
+
+    Read once, when the exporter is made. A file that cannot be read or holds anything but
+    valid entries gets one warning naming it and what is allowed; its valid entries are still
+    used, and the built-in table always is.
+    """
+    if path is None:
+        return BUILTIN
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        entries, problems = {}, [f"it could not be read as JSON ({type(exc).__name__}: {exc})"]
+    else:
+        entries, problems = table_from_json(data)
+    if problems:
+        logger.warning(
+            "LUCIDIC_PRICES=%s: %s. Allowed: one JSON object {\"model-prefix\": {\"input\": "
+            "usd_per_1M, \"output\": usd_per_1M, \"cached_input\": ..., \"cache_write\": ...}} "
+            "(keys %s, numbers >= 0; input and output required). Using the built-in price "
+            "table%s.",
+            path, "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""),
+            ", ".join(RATE_FIELDS), " with the file's valid entries" if entries else "",
+        )
+    return BUILTIN.merged(entries) if entries else BUILTIN
+
+
 class LucidicSpanExporter(SpanExporter):
     """Entry point ``opentelemetry_traces_exporter`` = ``lucidic``.
 
@@ -110,7 +140,8 @@ class LucidicSpanExporter(SpanExporter):
         self._last_resource_attributes: Dict[str, Any] = {}
         self.failures = 0
         self._setup_recorded = False
-        self._layers = LayerTracker()
+        self._prices = load_prices(getattr(self._settings, "prices_path", None))
+        self._layers = LayerTracker(prices=self._prices)
         grace = self._settings.end_grace_s if self._settings.delivery_enabled else 0.0
         self._held = HeldEnds(grace, self._release_held)
         # Constructing the store opens nothing; a path that can never hold it is reported now,
@@ -188,9 +219,10 @@ class LucidicSpanExporter(SpanExporter):
         capture = self._settings.capture_content
         event = None
         if session_id is not None:
-            event = span_to_event(span, str(session_id), None, capture_content=capture)
+            event = span_to_event(span, str(session_id), None, capture_content=capture,
+                                  prices=self._prices)
         is_llm = event is not None and event.get("type") == "llm_generation"
-        summary = (llm_summary(span) if is_llm else None) or {}
+        summary = (llm_summary(span, self._prices) if is_llm else None) or {}
         parent = span.parent
         resource = self._resource_attributes(span)
         status = span.status
