@@ -626,6 +626,41 @@ def _fake_instrumentor_path(root: Path) -> Path:
     return site
 
 
+def _second_openai_package(root: Path) -> Path:
+    """A throwaway distribution that instruments ``openai`` under another entry-point name,
+    as OpenInference's or OpenLLMetry's packages would next to ours."""
+    site = root / "other-site"
+    info = site / "other_openai_instrumentation-2.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: other-openai-instrumentation\nVersion: 2.0\n"
+        "Provides-Extra: instruments\n"
+        "Requires-Dist: openai>=1.0; extra == \"instruments\"\n",
+        encoding="utf-8",
+    )
+    (info / "entry_points.txt").write_text(
+        "[opentelemetry_instrumentor]\nother_openai = other_openai:Instrumentor\n",
+        encoding="utf-8",
+    )
+    return site
+
+
+def test_doctor_flags_one_library_instrumented_by_two_packages(recorded: Dict[str, Any],
+                                                               tmp_path: Path) -> None:
+    env = cli_env(recorded["store"], OTEL_PYTHON_DISTRO="lucidic")
+    assert _doctor_json(env)["instrumentors"]["library_instrumented_twice"] == {}
+    env["PYTHONPATH"] = str(_second_openai_package(tmp_path))
+    report = _doctor_json(env)
+    twice = report["instrumentors"]["library_instrumented_twice"]
+    assert list(twice) == ["openai"]
+    assert "other-openai-instrumentation" in twice["openai"] and len(twice["openai"]) == 2
+    assert any("the library 'openai' is instrumented by" in p for p in report["problems"])
+    text = run_cli("doctor", env=env)
+    assert "LIBRARY INSTRUMENTED TWICE: openai" in text.stdout
+    env["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"] = "other_openai"
+    assert _doctor_json(env)["instrumentors"]["library_instrumented_twice"] == {}
+
+
 def _doctor_json(env: Dict[str, str], *args: str) -> Dict[str, Any]:
     """The report; doctor's exit status says whether it lists problems, every time."""
     result = run_cli("doctor", "--json", *args, env=env)

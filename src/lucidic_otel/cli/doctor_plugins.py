@@ -176,6 +176,7 @@ def instrumentor_facts(env: Mapping[str, str], problems: List[str]) -> Dict[str,
                 conflict = f"cannot read its requirements ({type(exc).__name__})"
             if conflict is not None:
                 row["skipped"] = str(conflict)
+            row["instruments"] = _instrumented_libraries(dist)
         rows.append(row)
     owners: Dict[str, List[str]] = {}
     for row in rows:
@@ -192,7 +193,55 @@ def instrumentor_facts(env: Mapping[str, str], problems: List[str]) -> Dict[str,
             f"would wrap the same library (duplicate spans): uninstall one, or set "
             f"{DISABLED_VARIABLE}"
         )
-    return {"installed": rows, "instrumented_twice": {k: twice[k] for k in sorted(twice)}}
+    by_library = _libraries_twice(rows, twice)
+    for library, dists in sorted(by_library.items()):
+        problems.append(
+            f"instrumented twice: the library {library!r} is instrumented by "
+            f"{', '.join(map(str, dists))} (under different names); both would wrap it "
+            f"(duplicate spans, and each LLM call counted twice): uninstall one, or set "
+            f"{DISABLED_VARIABLE}"
+        )
+    return {
+        "installed": rows,
+        "instrumented_twice": {k: twice[k] for k in sorted(twice)},
+        "library_instrumented_twice": {k: by_library[k] for k in sorted(by_library)},
+    }
+
+
+def _instrumented_libraries(dist: Any) -> List[str]:
+    """The libraries a distribution instruments: its ``instruments`` extra, as the contrib,
+    GenAI, OpenInference and OpenLLMetry instrumentation packages declare it."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    found = []
+    for text in getattr(dist, "requires", None) or ():
+        if "instruments" not in text:
+            continue
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue
+        marker = str(requirement.marker or "")
+        if "instruments" in marker:
+            found.append(requirement.name.lower().replace("_", "-"))
+    return found
+
+
+def _libraries_twice(
+    rows: List[Dict[str, Any]], same_name: Mapping[str, List[str]]
+) -> Dict[str, List[str]]:
+    """Libraries that instrumentors of two distributions both wrap, under different entry-point
+    names (``openai`` from one package, ``openai_v2`` from another); the same name twice is
+    reported already."""
+    owners: Dict[str, List[str]] = {}
+    for row in rows:
+        if row["disabled"] or row["skipped"] is not None or row["name"] in same_name:
+            continue
+        for library in row.get("instruments", ()):
+            dists = owners.setdefault(library, [])
+            if row["distribution"] not in dists:
+                dists.append(row["distribution"])
+    return {lib: dists for lib, dists in owners.items() if len(dists) > 1}
 
 
 # Libraries that trace their own API calls: (distribution, a file only such versions ship,

@@ -92,10 +92,16 @@ def _print_instrumentors(report: Dict[str, Any]) -> None:
     rows = instrumentors["installed"]
     print(f"\nInstrumentors ({len(rows)})")
     width = max((len(r["name"]) for r in rows), default=0)
+    doubled = {d for dists in instrumentors.get("library_instrumented_twice", {}).values()
+               for d in dists}
     for row in rows:
         flags = []
         if row["instrumented_twice"]:
             flags.append("INSTRUMENTED TWICE")
+        elif row["distribution"] in doubled and set(row.get("instruments", ())) & set(
+            instrumentors["library_instrumented_twice"]
+        ):
+            flags.append("LIBRARY INSTRUMENTED TWICE: " + ", ".join(row["instruments"]))
         if row["disabled"]:
             flags.append("disabled")
         if row["skipped"]:
