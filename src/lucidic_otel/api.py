@@ -13,7 +13,6 @@ a bad session id makes the work run without that session, never fail.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 from typing import (
@@ -25,23 +24,20 @@ from typing import (
     MutableMapping,
     Optional,
     Sequence,
-    Tuple,
     TypeVar,
     Union,
 )
 
-from opentelemetry import baggage, propagate, trace
+from opentelemetry import baggage, propagate
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
 from lucidic_otel import _diagnostics
-from lucidic_otel.config import ConfigError, Settings, get_settings, set_overrides
+from lucidic_otel.config import get_settings, set_overrides
 from lucidic_otel.ids import new_session_id
 from lucidic_otel.launcher import bootstrap
-from lucidic_otel.launcher import origin as launch
-from lucidic_otel.launcher.exit import take_sigterm_in_worker
+from lucidic_otel.launcher.plain import configure_sdk_or_log, recording_setup
 from lucidic_otel.sdk.processor import PROCESS_SESSION, adopt
-from lucidic_otel.sessions import resolve
 from lucidic_otel.sessions.arguments import (
     NEW_SESSION,
     checked_fields,
@@ -95,107 +91,6 @@ _INIT_FIELDS = (
 #: ``with_lucidic`` keywords that set the outcome its end records instead of the inferred one.
 _OUTCOME_FIELDS = ("is_successful", "is_successful_reason")
 
-# kept for tests/conftest.py until it resets _diagnostics
-_warned_unknown_end = False
-
-
-# --- configuration -----------------------------------------------------------------------
-
-
-def _configure_sdk(instrument: Optional[Iterable[str]]) -> None:
-    """Make a plain ``python app.py`` look as if it ran under ``opentelemetry-instrument``.
-
-    Uses the same distro and configurator with the same variables, and only where no provider
-    is set yet: a provider the application built (SDK or not) is never replaced; an SDK one
-    gets the session processor and the lucidic pipeline added, each once (``bootstrap``).
-    """
-    from lucidic_otel.launcher.distro import LucidicConfigurator, LucidicDistro
-
-    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-        launch.RAN.by_init = True
-        take_sigterm_in_worker()  # before the SDK starts its threads
-        LucidicDistro().configure()
-        LucidicConfigurator().configure()
-    bootstrap.after_sdk_ready()
-    if instrument:
-        _instrument(instrument)
-
-
-def _configure_sdk_or_log(instrument: Optional[Iterable[str]], where: str) -> None:
-    """:func:`_configure_sdk`, where a failure costs the spans but never the caller's work
-    (a :class:`ConfigError`, raised only in strict mode, goes through)."""
-    try:
-        _configure_sdk(instrument)
-    except ConfigError:
-        raise
-    except Exception:
-        logger.exception("lucidic-otel: %s could not configure OpenTelemetry", where)
-
-
-# Names users know, mapped to instrumentor entry points: a library name can stand for a
-# family (openai 3.x talks HTTP through ``httpx2``, openai 2.x and most others through
-# ``httpx``), and a distribution name for the instrumentation it ships.
-_INSTRUMENT_ALIASES: Dict[str, Tuple[str, ...]] = {
-    "httpx": ("httpx", "httpx2"),
-    "genai-openai": ("openai",),
-    "openai-v2": ("openai",),
-}
-_DIST_PREFIX = "opentelemetry-instrumentation-"
-# Entry-point names init() instrumented, so a carried worker can apply the same set.
-_instrumented: list = []
-
-
-def _entry_names(name: str) -> Tuple[str, ...]:
-    key = name.strip().lower().replace("_", "-")
-    key = key[len(_DIST_PREFIX) :] if key.startswith(_DIST_PREFIX) else key
-    return _INSTRUMENT_ALIASES.get(key, (key,))
-
-
-def _apply_instrumentor(ep: Any) -> Optional[str]:
-    """Instrument with ``ep``; the reason it could not, or None when it is applied."""
-    try:
-        from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
-
-        instrumentor = ep.load()()
-        conflict = get_dependency_conflicts(instrumentor.instrumentation_dependencies())
-        if conflict is not None:
-            return str(conflict)
-        if not getattr(instrumentor, "is_instrumented_by_opentelemetry", False):
-            instrumentor.instrument()
-    except Exception as exc:  # noqa: BLE001 - one instrumentation must not stop the others
-        return f"{type(exc).__name__}: {exc}"
-    if ep.name not in _instrumented:
-        _instrumented.append(ep.name)
-    return None
-
-
-def _instrument(names: Iterable[str]) -> None:
-    """Apply the instrumentations ``names`` asks for, by library or entry-point name."""
-    from opentelemetry.util._importlib_metadata import entry_points
-
-    wanted = [names] if isinstance(names, str) else list(names)
-    installed = {ep.name: ep for ep in entry_points(group="opentelemetry_instrumentor")}
-    for name in wanted:
-        if not isinstance(name, str):
-            report_invalid(f"init: instrument entry {name!r} is not a str; ignored")
-            continue
-        candidates = [c for c in _entry_names(name) if c in installed]
-        if not candidates:
-            report_invalid(
-                f"init: instrument={name!r} names no installed instrumentation; installed: "
-                f"{sorted(installed)}; install the matching opentelemetry-instrumentation-* "
-                "package"
-            )
-            continue
-        reasons = {c: _apply_instrumentor(installed[c]) for c in candidates}
-        if all(reasons.values()):
-            report_invalid(
-                f"init: instrument={name!r} could not be applied ("
-                + "; ".join(f"{c}: {r}" for c, r in reasons.items())
-                + "); its spans will not be recorded"
-            )
-
-
 # --- sessions ------------------------------------------------------------------------------
 
 
@@ -243,7 +138,7 @@ def init(
         # In memory only: os.environ would hand the key to every child process.
         set_overrides(LUCIDIC_API_KEY=api_key, LUCIDIC_AGENT_ID=agent_id)
     settings = get_settings()
-    _configure_sdk_or_log(instrument, "init")
+    configure_sdk_or_log(instrument, "init")
     sid = None if session_id is None else checked_session_id(session_id, "init", NEW_SESSION)
     sid = sid or new_session_id()
     unknown = set(session_fields) - set(_INIT_FIELDS)
@@ -268,15 +163,6 @@ def init(
     otel_context.attach(context_with_session(sid))
     REGISTRY.store_now()  # before any worker or child can store an event of this session
     return sid
-
-
-def _start_process_session(settings: Settings) -> None:
-    """Alias of :func:`lucidic_otel.sessions.resolve.start_process_session`, kept while
-    ``launcher/bootstrap.py`` imports it from here."""
-    resolve.start_process_session(settings)
-    # Until the processor takes its PROCESS_SESSION from sessions.resolve, two objects exist;
-    # keep the one the processor reads in step (a no-op once they are the same object).
-    PROCESS_SESSION.session_id = resolve.PROCESS_SESSION.session_id
 
 
 #: How much of an exception ``with_lucidic`` sends as ``is_successful_reason``.
@@ -359,7 +245,7 @@ def with_lucidic(
     fields = checked_fields("with_lucidic", {"session_name": session_name, **init_kwargs})
     given = checked_fields("with_lucidic", end_kwargs)
     name = fields.pop("session_name", None)
-    _configure_sdk_or_log(None, "with_lucidic")  # also adds the processor to the user's provider
+    configure_sdk_or_log(None, "with_lucidic")  # also adds the processor to the user's provider
     REGISTRY.open(sid, name=name, auto_end=False, **fields)
     REGISTRY.store_now()
     scoped = session(sid)(fn)
@@ -551,27 +437,6 @@ def extract_env(env: Optional[Dict[str, str]] = None) -> Context:
 # --- other processes ------------------------------------------------------------------------
 
 
-def _recording_setup() -> Optional[Callable[[], None]]:
-    """How a worker sets up recording like this process (a picklable call of
-    :func:`_record_here`), or None when this process does not record through lucidic (no SDK
-    provider with the session processor)."""
-    provider = bootstrap.sdk_provider()
-    if provider is None or not bootstrap.has_session_processor(provider):
-        return None
-    return functools.partial(_record_here, {"instrument": list(_instrumented)})
-
-
-def _record_here(setup: Dict[str, Any]) -> None:
-    """In a worker nobody set OpenTelemetry up in (spawn and forkserver children of a plain
-    ``python`` program that called ``init()``): set it up as ``init`` would, without a session
-    of its own, so the carried spans are recorded into the same store. Under the launcher, or
-    where the application built a provider, there is nothing to do."""
-    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-        return
-    instrument = setup.get("instrument") if isinstance(setup, dict) else None
-    _configure_sdk([n for n in instrument or () if isinstance(n, str)] or None)
-
-
 def carry_context(fn: Callable[..., R]) -> Callable[..., R]:
     """``fn`` wrapped to run in the current trace and session, wherever it is called.
 
@@ -603,7 +468,7 @@ def carry_context(fn: Callable[..., R]) -> Callable[..., R]:
     try:
         propagate.inject(carrier)
         sid = current_session_id()
-        setup = _recording_setup()
+        setup = recording_setup()
         REGISTRY.store_now()  # the workers' events must not be stored ahead of the init
     except Exception:
         logger.debug("lucidic-otel: could not capture the current context", exc_info=True)
