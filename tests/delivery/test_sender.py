@@ -809,3 +809,78 @@ def test_contract_server_runs_as_a_subprocess(tmp_path: Path) -> None:
     data = json.loads(report.read_text())
     assert data["violations"] == [] and set(data["event_ids"]) == expected
     assert threading.active_count() >= 1
+
+
+# --------------------------------------------------------------------------- parents first
+
+
+def nested_run(recorder: Recorder, sid: str, runs: int) -> None:
+    """``runs`` parent tool spans, each over an LLM span and a child tool span over another
+    LLM span (children end, and are recorded, before their parents)."""
+    recorder.journal.record(INIT, sid, {"session_id": sid, "session_name": sid})
+    tracer = recorder.tracer
+    with tracer.start_as_current_span("agent", attributes={SESSION_ATTRIBUTE: sid}):
+        for n in range(runs):
+            with tracer.start_as_current_span("tool", attributes=tool_attributes(sid)):
+                with tracer.start_as_current_span("chat", attributes=llm_attributes(sid, n)):
+                    pass
+                with tracer.start_as_current_span("tool", attributes=tool_attributes(sid)):
+                    with tracer.start_as_current_span("chat", attributes=llm_attributes(sid)):
+                        pass
+    recorder.journal.record(END, sid, {"session_id": sid, "is_finished": True})
+    recorder.exporter.force_flush()
+
+
+def assert_parents_first(server: ContractServer) -> None:
+    first: Dict[str, float] = {}
+    for seen in server.seen:
+        if seen.endpoint == "events" and seen.status == 200 and seen.key not in first:
+            first[seen.key] = seen.at
+    parents = {
+        eid: bodies[0].get("client_parent_event_id") for eid, bodies in server.events.items()
+    }
+    children = {eid: parent for eid, parent in parents.items() if parent}
+    assert children, parents
+    for eid, parent in children.items():
+        assert first[parent] <= first[eid], (eid, parent)
+
+
+@pytest.mark.parametrize("workers", [1, 8])
+def test_parent_events_reach_the_backend_before_their_children(
+    store: Store, recorder: Recorder, workers: int
+) -> None:
+    nested_run(recorder, "nested", 30)
+    assert len(store.session_events("nested")) == 120
+    with ContractServer(parents_first=True) as server:
+        drained(store, server, workers=workers)
+    assert len(server.events) == 120
+    assert server.violations == []
+    assert_parents_first(server)
+
+
+def test_parents_first_under_injected_failures(store: Store, recorder: Recorder) -> None:
+    nested_run(recorder, "faulty", 20)
+    faults = Faults(rate=0.3, kinds=("500", "reset", "reset-after"), only=("events",))
+    with ContractServer(faults=faults, seed=5, parents_first=True) as server:
+        drained(store, server, deadline=60.0)
+    assert len(server.events) == 80
+    assert server.violations == []
+    assert_parents_first(server)
+
+
+def test_a_child_waits_for_a_parent_in_back_off_only_briefly(
+    store: Store, recorder: Recorder
+) -> None:
+    nested_run(recorder, "held", 1)
+    items = store.session_events("held")
+    parent = items[-1]  # the outer tool span ends last
+    now = time.time()
+    init = store.claim_pending(10, now, 0.0)  # the events wait for their session's init
+    assert [i.kind for i in init] == ["session_init"]
+    assert store.mark_delivered([init[0].seq])
+    store.mark_retry(parent.seq, "503", now + 100)
+    claimed = store.claim_pending(10, now, 0.0)
+    # The parent's direct children are held (not leased), the grandchild's parent with them.
+    assert claimed == []
+    later = now + 10  # the children are older than the hold bound: claimed without it
+    assert {i.seq for i in store.claim_pending(10, later, 0.0)} == {i.seq for i in items[:-1]}

@@ -394,6 +394,7 @@ class ContractServer:
         blob_threshold: Optional[int] = None,
         skew_s: float = 10.0,
         require_session_name: bool = False,
+        parents_first: bool = False,
     ) -> None:
         self.api_key = api_key
         self.agent_id = agent_id
@@ -407,6 +408,10 @@ class ContractServer:
         #: A backend stricter than the contract's text: ``initsession`` without a non-empty
         #: ``session_name`` is a 400 (the official SDK always sends one).
         self._require_name = require_session_name
+        #: Stricter than the contract (which allows either order), as the official SDK sends:
+        #: an event whose ``client_parent_event_id`` names an event the server has not
+        #: accepted yet is a violation (the request is still accepted).
+        self._parents_first = parents_first
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._forced: List[Tuple[Optional[str], str]] = []
@@ -719,6 +724,9 @@ class ContractServer:
         canonical = self._canonical(sid)
         session = self._sessions[canonical]
         eid = body["client_event_id"]
+        parent = body.get("client_parent_event_id")
+        if self._parents_first and parent and parent not in self.events:
+            self._violate(f"event {eid} of session {sid} arrived before its parent {parent}")
         if not session.initiated and canonical not in self._joined:
             self._violate(f"event {eid} for session {sid} before its initsession")
         if self._rename and sid == canonical and canonical in self._assigned:

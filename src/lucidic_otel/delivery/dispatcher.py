@@ -8,6 +8,10 @@ pause ends, or it is woken.
 
 Claims come in rounds of at least half the capacity (one transaction for several items, not
 one per returning worker), and while replies are fast a few items are queued per worker.
+
+Parents before children: the claim orders a batch parents first, and a job whose parent event
+is in a worker's hands waits in :class:`~lucidic_otel.delivery.holds.Holds` until the parent's
+result is in.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import time
 from typing import List, Optional, Tuple
 
 from lucidic_otel.delivery import contract as backend
-from lucidic_otel.delivery.attempt import Result
+from lucidic_otel.delivery.attempt import Job, Result
+from lucidic_otel.delivery.holds import Holds
 from lucidic_otel.delivery.policy import Policy
 from lucidic_otel.delivery.pool import MIN_ACTIVE_WORKERS, WorkerPool
 from lucidic_otel.delivery.resolve import Resolver
@@ -116,6 +121,7 @@ class Dispatcher:
         self._lease = lease_s
         self._resolver = Resolver(store)
         self._marks = _Marks(store)
+        self._holds = Holds()
         self._in_flight = 0
         self._last_claim = 0.0
         self._latency = 0.0  # moving average of the seconds a delivery takes
@@ -128,6 +134,9 @@ class Dispatcher:
         them being sent anyway by the next free worker.
         """
         taken = self._pool.take_back()
+        for job in list(taken):  # their children, held here, go back too
+            taken.extend(self._holds.done(job.item))
+        taken.extend(self._holds.take_all())
         for job in taken:
             self._in_flight -= 1
             self._store.mark_retry(job.item.seq, why, until)
@@ -183,15 +192,34 @@ class Dispatcher:
         if free > 0 and (self._in_flight == 0 or more):
             self._last_claim = time.monotonic()
             items = self._store.claim_pending(free, now, self._lease)
-            self._more = len(items) == free
+            self._more = len(items) >= free
             if items:
                 self._submit(items)
 
     def _submit(self, items: List[OutboxItem]) -> None:
         for job in self._resolver.jobs(items):
-            self._pool.grow()
             self._in_flight += 1
-            self._pool.put(job)
+            if not self._holds.hold(job):
+                self._send(job)
+
+    def _send(self, job: Job) -> None:
+        self._pool.grow()
+        self._holds.sent(job)
+        self._pool.put(job)
+
+    def _release(self, result: Result, now: float) -> None:
+        """The jobs that waited for ``result``'s item: sent if it was delivered or rejected
+        for good, else back to the outbox (where the claim holds them behind it, bounded)."""
+        waiting = self._holds.done(result.item)
+        if not waiting:
+            return
+        if result.verdict in (backend.Verdict.DELIVERED, backend.Verdict.REJECTED):
+            for job in waiting:
+                self._send(job)
+            return
+        for job in waiting + self._holds.dependents(waiting):
+            self._in_flight -= 1
+            self._store.mark_retry(job.item.seq, "waiting for its parent event", now)
 
     def _busy_timeout(self) -> float:
         linger = self._more and self._in_flight < self._capacity()
@@ -249,6 +277,7 @@ class Dispatcher:
             self._latency += _LATENCY_WEIGHT * (result.seconds - self._latency)
             if self._record(result, now):
                 delivered.append(result.item.seq)
+            self._release(result, now)
         if delivered:
             self._marks.add(delivered, urgent=any(r.item.kind != KIND_EVENT for r in results))
         self._policy.end_round(bool(delivered), results, now)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
+from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 from lucidic_otel.delivery.attempt import Job
+from lucidic_otel.outbox.reads import parent_start as _parent_start
 from lucidic_otel.outbox.store import (
     KIND_EVENT,
     KIND_SESSION_END,
@@ -102,13 +103,3 @@ class Resolver:
             and (item.session_id not in cache or now - cache[item.session_id][1] > _ALIAS_TTL_S)
         }
 
-
-def _parent_start(body: Mapping[str, Any]) -> Optional[Tuple[str, str]]:
-    """Where the walk to an event's parent event starts: its trace and parent span."""
-    metadata = body.get("metadata")
-    if not isinstance(metadata, Mapping):
-        return None
-    trace_id, parent = metadata.get("trace_id"), metadata.get("parent_span_id")
-    if isinstance(trace_id, str) and isinstance(parent, str) and trace_id and parent:
-        return trace_id, parent
-    return None

@@ -5,6 +5,16 @@ an item back however due it is: a session's end waits for every earlier item of 
 an event waits for its session's init. A claim leases the items for a while, which keeps the
 senders of other processes off them; if the sender dies, its lease expires and they become
 claimable again. ``attempts`` counts claims.
+
+Parents before children (the official SDK's order; the contract allows either): a child
+usually ends, and is recorded, before its parent. A claim therefore brings the claimable
+pending parent events of the events it took (and theirs, a few levels up) into the batch, and
+orders the batch so that an event comes after its parent; the sender's dispatcher then holds
+a child until its parent's request completed. A child whose parent event is pending but in
+back-off is held back briefly (not leased, due again at the parent's retry or within
+``_HOLD_STEP_S``), and only while it is younger than ``_HOLD_MAX_S``: a parent that is not
+recorded (its span still open, or sessionless), in another sender's hands, or failing for a
+while never holds a child up for long.
 """
 
 from __future__ import annotations
@@ -12,15 +22,20 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from lucidic_otel.outbox.db import Database
+from lucidic_otel.outbox.reads import event_parents
 from lucidic_otel.outbox.records import MAX_TEXT, OUTBOX_COLUMNS, OutboxItem, as_text, outbox_item
-from lucidic_otel.outbox.schema import sql
+from lucidic_otel.outbox.schema import KIND_EVENT, sql
 
 logger = logging.getLogger(__name__)
 
 MAX_CLAIM = 10000
+_PARENT_LEVELS = 4  # how far up a claim follows pending parents
+_PARENT_WINDOW = 256  # pending items looked at, after the batch and before it, per level
+_HOLD_MAX_S = 5.0  # a child recorded longer ago than this is never held for its parent
+_HOLD_STEP_S = 0.5
 
 # An end waits for every earlier item of its session; an event waits for its session's init.
 _IN_ORDER = """
@@ -61,6 +76,17 @@ MARK_FAILED = sql(
 _PENDING_BEFORE = sql(
     "SELECT 1 FROM outbox WHERE session_id = ? AND state = {pending} AND seq < ? LIMIT 1"
 )
+# Where a batch's missing parents may be: recorded after it (the common case: a parent ends
+# after its children), or before it but not claimed (in back-off, or leased).
+_PENDING_AFTER = sql(
+    f"SELECT {OUTBOX_COLUMNS}, lease_until FROM outbox"
+    " WHERE state = {pending} AND seq > ? ORDER BY seq LIMIT ?"
+)
+_PENDING_BEFORE_SEQ = sql(
+    f"SELECT {OUTBOX_COLUMNS}, lease_until FROM outbox"
+    " WHERE state = {pending} AND seq < ? ORDER BY seq LIMIT ?"
+)
+_HOLD = sql("UPDATE outbox SET next_attempt_at = ? WHERE seq = ? AND state = {pending}")
 _MAKE_DUE = sql(
     "UPDATE outbox SET next_attempt_at = 0 WHERE state = {pending} AND next_attempt_at > 0"
 )
@@ -84,6 +110,8 @@ class Queue:
 
         def claim(conn: sqlite3.Connection) -> List[OutboxItem]:
             items = [outbox_item(row) for row in conn.execute(_CLAIMABLE, (now, now, limit))]
+            if any(item.kind == KIND_EVENT for item in items):
+                items = _parents_first(conn, items, now, limit)
             if items:
                 conn.executemany(_LEASE, [(now + lease_seconds, item.seq) for item in items])
                 for item in items:
@@ -133,3 +161,99 @@ class Queue:
         return self._db.run(
             "make_due", lambda conn: conn.execute(_MAKE_DUE).rowcount, write=True, default=0
         )
+
+
+Key = Tuple[str, str]  # (session id, client event id)
+
+
+def _event_key(item: OutboxItem) -> Optional[Key]:
+    return (item.session_id, item.key) if item.kind == KIND_EVENT and item.key else None
+
+
+def _parents_first(conn: sqlite3.Connection, items: List[OutboxItem], now: float,
+                   budget: int) -> List[OutboxItem]:
+    """The batch with the claimable pending parents of its events added (at most ``budget``),
+    the children of parents in back-off held (see the module docstring), parents first."""
+    batch = list(items)
+    keys = {key for key in map(_event_key, batch) if key is not None}
+    parents = event_parents(conn, batch)
+    backoff: Dict[Key, float] = {}
+    new = batch
+    for _ in range(_PARENT_LEVELS):
+        missing = {
+            (item.session_id, parents[item.seq]) for item in new
+            if parents.get(item.seq) and (item.session_id, parents[item.seq]) not in keys
+        }
+        if not missing or budget <= 0:
+            break
+        new = []
+        for item, due in _pending(conn, missing, batch):
+            key = (item.session_id, item.key or "")
+            if due <= now and budget > 0:
+                new.append(item)
+                keys.add(key)
+                budget -= 1
+            elif due > now:
+                backoff[key] = due
+        parents.update(event_parents(conn, new))
+        batch.extend(new)
+    if backoff:
+        batch = _hold_children(conn, batch, parents, backoff, now)
+    return _ordered(batch, parents)
+
+
+def _pending(conn: sqlite3.Connection, wanted: Set[Key], batch: List[OutboxItem]
+             ) -> List[Tuple[OutboxItem, float]]:
+    """The pending events of ``wanted`` near the batch, with when each can be claimed."""
+    taken = {item.seq for item in batch}
+    last = max(taken)
+    rows = [*conn.execute(_PENDING_AFTER, (last, _PARENT_WINDOW)),
+            *conn.execute(_PENDING_BEFORE_SEQ, (last, _PARENT_WINDOW))]
+    found: List[Tuple[OutboxItem, float]] = []
+    for row in rows:
+        if row["kind"] == KIND_EVENT and (row["session_id"], row["key"]) in wanted \
+                and row["seq"] not in taken:
+            taken.add(row["seq"])
+            found.append((outbox_item(row), max(row["next_attempt_at"], row["lease_until"])))
+    return found
+
+
+def _hold_children(conn: sqlite3.Connection, batch: List[OutboxItem],
+                   parents: Dict[int, Optional[str]], backoff: Dict[Key, float], now: float
+                   ) -> List[OutboxItem]:
+    """Young children of a parent in back-off (and their own children) are not claimed now:
+    due again at the parent's retry, or within ``_HOLD_STEP_S``."""
+    held: Dict[Key, float] = dict(backoff)
+    kept: List[OutboxItem] = []
+    holds: List[Tuple[float, int]] = []
+    for item in sorted(batch, key=lambda i: -i.seq):  # a parent usually after its children
+        parent = parents.get(item.seq)
+        due = held.get((item.session_id, parent)) if parent else None
+        if due is None or now - item.created_at >= _HOLD_MAX_S:
+            kept.append(item)
+            continue
+        until = max(now + 0.05, min(due, now + _HOLD_STEP_S))
+        holds.append((until, item.seq))
+        key = _event_key(item)
+        if key is not None:
+            held[key] = until
+    if holds:
+        conn.executemany(_HOLD, holds)
+    return kept
+
+
+def _ordered(batch: List[OutboxItem], parents: Dict[int, Optional[str]]) -> List[OutboxItem]:
+    """Recording order, except that an event comes after its parent event in the batch."""
+    by_key = {key: item for item in batch if (key := _event_key(item)) is not None}
+    out: List[OutboxItem] = []
+    placed: Set[int] = set()
+    for item in sorted(batch, key=lambda i: i.seq):
+        chain: List[OutboxItem] = []
+        current: Optional[OutboxItem] = item
+        while current is not None and current.seq not in placed:
+            placed.add(current.seq)
+            chain.append(current)
+            parent = parents.get(current.seq)
+            current = by_key.get((current.session_id, parent)) if parent else None
+        out.extend(reversed(chain))
+    return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from lucidic_otel.outbox.records import (
     OUTBOX_COLUMNS,
@@ -22,7 +22,7 @@ from lucidic_otel.outbox.records import (
     session_dict,
     span_record,
 )
-from lucidic_otel.outbox.schema import STATES, sql
+from lucidic_otel.outbox.schema import KIND_EVENT, STATES, sql
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,33 @@ def nearest_event_ancestors(conn: sqlite3.Connection,
     """For each ``(trace_id, parent_span_id)``, the event id of the nearest event up the
     chain (the parent itself first), or None; the walk stops at a span not stored."""
     return [_nearest_event(conn, trace_id, span_id) for trace_id, span_id in starts]
+
+
+def parent_start(body: Mapping[str, Any]) -> Optional[Tuple[str, str]]:
+    """Where the walk to an event's parent event starts: its trace and parent span."""
+    metadata = body.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return None
+    trace_id, parent = metadata.get("trace_id"), metadata.get("parent_span_id")
+    if isinstance(trace_id, str) and isinstance(parent, str) and trace_id and parent:
+        return trace_id, parent
+    return None
+
+
+def event_parents(conn: sqlite3.Connection, items: Sequence[OutboxItem]
+                  ) -> Dict[int, Optional[str]]:
+    """Each event's parent event by ``seq``: the nearest recorded ancestor, else what the
+    event recorded when it was written (the sender's resolution, see delivery.resolve)."""
+    events = [item for item in items if item.kind == KIND_EVENT]
+    starts = [parent_start(item.body) for item in events]
+    lookups = [start for start in starts if start is not None]
+    found = iter(nearest_event_ancestors(conn, lookups) if lookups else [])
+    parents: Dict[int, Optional[str]] = {}
+    for item, start in zip(events, starts, strict=True):
+        recorded = item.body.get("client_parent_event_id")
+        resolved = next(found) if start is not None else None
+        parents[item.seq] = resolved or (recorded if isinstance(recorded, str) else None)
+    return parents
 
 
 def session_aliases(conn: sqlite3.Connection, wanted: List[str]) -> Dict[str, str]:
