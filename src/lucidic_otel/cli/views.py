@@ -26,6 +26,7 @@ from lucidic_otel.cli.store_access import (
     session_ids_with_prefix,
 )
 from lucidic_otel.cli.stored_event import event_from_stored
+from lucidic_otel.convert.payloads import tool_calls_text
 from lucidic_otel.environment_variables import LUCIDIC_STORE_PATH
 from lucidic_otel.outbox.store import OutboxItem, SpanRecord, Store, status_text
 
@@ -225,7 +226,10 @@ def _llm_details(span: SpanRecord, event: Optional[Dict[str, Any]]) -> List[str]
     if last:
         lines.append("in:  " + fmt.one_line(last, MESSAGE_CHARS))
     output = response.get("output")
-    if output is None and response.get("tool_calls"):
+    calls = response.get("tool_calls")
+    if calls and (output is None or output == tool_calls_text(calls)):
+        # the wire carries the calls as JSON text too (as the official SDK does); a terminal
+        # line reads better as their names
         output = _message_text({"role": "assistant", "tool_calls": response["tool_calls"]})
     if output:
         lines.append("out: " + fmt.one_line(output, MESSAGE_CHARS))
