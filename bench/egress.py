@@ -41,9 +41,9 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from lucidic_otel.config import load_settings
+from lucidic_otel.sdk.egress import OutboundPolicy, SessionBaggagePolicy
 from lucidic_otel.sdk.processor import LucidicSpanProcessor
 from lucidic_otel.sessions.context import BAGGAGE_KEY, context_with_session
-from lucidic_otel.sdk.egress import OutboundPolicy, SessionBaggagePolicy
 
 SID = "bench-session-0001"
 OWN = {"url.full": "http://orders.internal:8080/v1/orders", "server.address": "orders.internal"}
