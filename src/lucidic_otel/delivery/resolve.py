@@ -13,9 +13,7 @@ import time
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 from lucidic_otel.delivery.attempt import Job
-from lucidic_otel.outbox.reads import parent_start as _parent_start
 from lucidic_otel.outbox.store import (
-    KIND_EVENT,
     KIND_SESSION_END,
     KIND_SESSION_INIT,
     OutboxItem,
@@ -65,16 +63,7 @@ class Resolver:
     def _parents(self, items: List[OutboxItem]) -> Dict[int, Optional[str]]:
         """Each event's parent event: the nearest recorded ancestor, else what the event
         recorded when it was written."""
-        events = [item for item in items if item.kind == KIND_EVENT]
-        starts = [_parent_start(item.body) for item in events]
-        lookups = [start for start in starts if start is not None]
-        found = iter(self._store.nearest_event_ancestors(lookups) if lookups else [])
-        parents: Dict[int, Optional[str]] = {}
-        for item, start in zip(events, starts, strict=True):
-            recorded = item.body.get("client_parent_event_id")
-            resolved = next(found) if start is not None else None
-            parents[item.seq] = resolved or (recorded if isinstance(recorded, str) else None)
-        return parents
+        return self._store.event_parents(items)
 
     def _backend_session_ids(self, items: List[OutboxItem]) -> Dict[str, str]:
         """The backend's id for each session, cached for a minute.

@@ -133,6 +133,16 @@ def parent_start(body: Mapping[str, Any]) -> Optional[Tuple[str, str]]:
     return None
 
 
+def recorded_parents(items: Sequence[OutboxItem]) -> Dict[int, Optional[str]]:
+    """Each item's parent event as the event recorded it when it was written (the answer
+    when the store cannot be read)."""
+    found: Dict[int, Optional[str]] = {}
+    for item in items:
+        recorded = item.body.get("client_parent_event_id")
+        found[item.seq] = recorded if isinstance(recorded, str) else None
+    return found
+
+
 def event_parents(conn: sqlite3.Connection, items: Sequence[OutboxItem]
                   ) -> Dict[int, Optional[str]]:
     """Each event's parent event by ``seq``: the nearest recorded ancestor, else what the

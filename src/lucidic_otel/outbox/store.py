@@ -315,6 +315,11 @@ class Store:
         return self._read("nearest_event_ancestors",
                           lambda c: reads.nearest_event_ancestors(c, starts), nothing)
 
+    def event_parents(self, items: Sequence[OutboxItem]) -> Dict[int, Optional[str]]:
+        """Each event's parent event by ``seq`` (see :func:`reads.event_parents`)."""
+        return self._read("event_parents", lambda c: reads.event_parents(c, items),
+                          reads.recorded_parents(items))
+
     def session_aliases(self, session_ids: Sequence[str]) -> Dict[str, str]:
         """The backend's ids for those of ``session_ids`` it renamed (others are absent)."""
         wanted = sorted(set(session_ids))
