@@ -613,38 +613,35 @@ def test_upload_prints_its_result_on_stdout_and_no_progress_before_it(
 # ------------------------------------------------------------------------------- doctor
 
 
-def _fake_instrumentor_path(root: Path) -> Path:
-    """A throwaway distribution that registers a second ``openai`` instrumentor."""
-    site = root / "fake-site"
-    info = site / "fake_openai_instrumentor-0.1.dist-info"
+def _fake_distribution(root: Path, name: str, version: str, entry_point: str,
+                       metadata: str = "") -> Path:
+    """A throwaway distribution on its own path entry that registers one instrumentor."""
+    site = root / f"{name}-site"
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: fake-openai-instrumentor\nVersion: 0.1\n", encoding="utf-8"
-    )
-    (info / "entry_points.txt").write_text(
-        "[opentelemetry_instrumentor]\nopenai = fake_openai_instrumentor:Instrumentor\n",
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{metadata}",
         encoding="utf-8",
     )
+    (info / "entry_points.txt").write_text(
+        f"[opentelemetry_instrumentor]\n{entry_point}\n", encoding="utf-8"
+    )
     return site
+
+
+def _fake_instrumentor_path(root: Path) -> Path:
+    """A throwaway distribution that registers a second ``openai`` instrumentor."""
+    return _fake_distribution(root, "fake-openai-instrumentor", "0.1",
+                              "openai = fake_openai_instrumentor:Instrumentor")
 
 
 def _second_openai_package(root: Path) -> Path:
     """A throwaway distribution that instruments ``openai`` under another entry-point name,
     as OpenInference's or OpenLLMetry's packages would next to ours."""
-    site = root / "other-site"
-    info = site / "other_openai_instrumentation-2.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: other-openai-instrumentation\nVersion: 2.0\n"
-        "Provides-Extra: instruments\n"
-        "Requires-Dist: openai>=1.0; extra == \"instruments\"\n",
-        encoding="utf-8",
+    return _fake_distribution(
+        root, "other-openai-instrumentation", "2.0", "other_openai = other_openai:Instrumentor",
+        'Provides-Extra: instruments\nRequires-Dist: openai>=1.0; extra == "instruments"\n',
     )
-    (info / "entry_points.txt").write_text(
-        "[opentelemetry_instrumentor]\nother_openai = other_openai:Instrumentor\n",
-        encoding="utf-8",
-    )
-    return site
 
 
 def test_doctor_flags_one_library_instrumented_by_two_packages(recorded: Dict[str, Any],
