@@ -1,4 +1,4 @@
-"""The public session API (DESIGN.md section 4).
+"""The public session API (README: Sessions).
 
 In-process tests use a local ``TracerProvider``. ``init`` and ``with_lucidic`` configure the
 *global* SDK when none is set, which a pytest process can do only once, so they run in child

@@ -48,7 +48,7 @@ GENAI = _installed("opentelemetry.instrumentation.genai.openai")
 V2 = not GENAI and _installed("opentelemetry.instrumentation.openai_v2")
 
 # Published list prices, USD per 1M tokens: (input, cached input, output). Sources: the providers'
-# pricing pages as collected in shared/notes/issue13-research.md (section 5); models without a
+# pricing pages, as docs/pricing.md lists them; models without a
 # cached rate there are billed at the input rate for cached tokens too.
 PUBLISHED = {
     "gpt-4o-mini": (0.15, 0.075, 0.60),

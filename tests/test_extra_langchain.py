@@ -39,7 +39,7 @@ RECORDINGS = {
 AGENT_STEPS = ("chat_tool_calls", "chat_tool_calls_result")
 SESSION_PREFIX = "langchain-"
 RUNS = ("basic", "reasoning", "agent")
-# Published prices, USD per 1M tokens (input, output): shared/notes/issue13-research.md section 5
+# Published prices, USD per 1M tokens (input, output), as docs/pricing.md lists them
 # (gpt-5-mini, gpt-4o-mini) and the provider's list price for gpt-3.5-turbo.
 PUBLISHED = {"gpt-3.5-turbo": (0.50, 1.50), "gpt-5-mini": (0.25, 2.00),
              "gpt-4o-mini": (0.15, 0.60)}

@@ -1,8 +1,8 @@
 """A loopback Lucidic backend that checks every request against the wire contract.
 
-It is written from ``lucidic-api.md`` alone and shares no code with the client, so a mistake
-in ``lucidic_otel.delivery.contract``
-cannot hide behind the same mistake here. Every request is checked
+It is written from the backend's published wire contract alone and shares no code with the
+client, so a mistake in ``lucidic_otel.delivery.contract`` cannot hide behind the same mistake
+here. Every request is checked
 strictly (method and path, headers, body field names and types, ``current_time``, payload
 shape by event type, the blob PUT) and so is the order across requests: ``initsession``
 before a session's events, no event after the session's end, and no ``updatesession`` with
