@@ -195,7 +195,8 @@ class LucidicSpanExporter(SpanExporter):
         deadline's half, so the delivery keeps the rest), then write everything."""
         self._held.wait(self._settings.exit_deadline_s / 2)
         with _diagnostics.guarded(logger, "writing session records at exit"):
-            self._write_lifecycle(release_all=True)
+            if self._write_lifecycle(release_all=True):
+                self._wake_sender()
 
     def _wake_sender(self) -> None:
         """Delivery runs on the sender's threads; this only wakes it (cheap)."""
