@@ -144,6 +144,7 @@ class LucidicSpanExporter(SpanExporter):
         self._layers = LayerTracker(prices=self._prices)
         grace = self._settings.end_grace_s if self._settings.delivery_enabled else 0.0
         self._held = HeldEnds(grace, self._release_held)
+        self._lifecycle_lock = threading.RLock()
         # Constructing the store opens nothing; a path that can never hold it is reported now,
         # before the program's own output, not at the first export (often at exit).
         self.store.check_path()
@@ -169,6 +170,13 @@ class LucidicSpanExporter(SpanExporter):
     def _write_lifecycle(self, *, release_all: bool = False) -> int:
         """Write the journal's records; the end of a session whose baggage went to another
         service is held for the grace first (:mod:`~lucidic_otel.sdk.handoff`)."""
+        # One writer at a time: drained records must reach the store in journal order, or an
+        # end drained by one thread can be written before its start drained by another (the
+        # store then ignores the end and the session stays open).
+        with self._lifecycle_lock:
+            return self._write_lifecycle_locked(release_all)
+
+    def _write_lifecycle_locked(self, release_all: bool) -> int:
         released = self._held.due(release_all)
         for _, session_id, body in released:
             self.store.record_session_end(session_id, body)
