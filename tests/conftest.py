@@ -55,3 +55,14 @@ def _swallowed_bugs_fail_the_test(request: pytest.FixtureRequest) -> Iterator[No
             what, exc = caught[0]
             pytest.fail(f"lucidic-otel swallowed a programming error while {what}: {exc!r}",
                         pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _journal_flusher_restored() -> Iterator[None]:
+    """An exporter built in a test with the process journal becomes its flusher; the next test
+    must not have its records drained into that test's store."""
+    saved = JOURNAL.flusher
+    try:
+        yield
+    finally:
+        JOURNAL.flusher = saved
