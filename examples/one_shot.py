@@ -7,7 +7,8 @@ did, so this script records its spans both ways:
     opentelemetry-instrument python examples/one_shot.py
     python examples/one_shot.py
 
-and then ``lucidic-otel sessions`` lists one ended session named "nightly eval".
+and then ``lucidic-otel sessions`` lists one session named "nightly eval", ended "ok" (the
+function returned; had it raised, "failed" with the exception as the reason).
 No API key, no server: the spans go to the local store (``LUCIDIC_STORE_PATH``).
 """
 

@@ -205,7 +205,8 @@ def test_one_shot_is_one_named_session_ended_after_its_spans(tmp_path, command):
     assert "answers {'capital of France': 'Paris', 'capital of Japan': 'Tokyo'}" in proc.stdout
 
     listed = cli_sessions(store_path)[sid]
-    assert (listed["name"], listed["status"], listed["spans"]) == ("nightly eval", "ended", 3)
+    # with_lucidic records the outcome: the function returned, so the session is "ok"
+    assert (listed["name"], listed["status"], listed["spans"]) == ("nightly eval", "ok", 3)
     with Store(store_path) as store:
         (session,) = store.list_sessions()
         spans = store.session_spans(sid)
@@ -213,7 +214,7 @@ def test_one_shot_is_one_named_session_ended_after_its_spans(tmp_path, command):
         sessionless = store.session_spans(None)
     assert session["session_id"] == sid
     assert session["name"] == "nightly eval" and session["tags"] == ["eval"]
-    assert session["status"] == "ended"
+    assert session["status"] == "ok" and session["is_successful"] is True
     assert names(spans) == {"agent run": 1, "execute_tool lookup": 2}
     assert_stamped(spans, sid)
     (run_span,) = (s for s in spans if s.name == "agent run")
