@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from opentelemetry import trace
 
 from lucidic_otel import _diagnostics
+from lucidic_otel.sessions.lifecycle import END
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +100,6 @@ class HeldEnds:
         """Keep this end for the grace if its session went out; True if it was kept."""
         if self.grace_s <= 0 or session_id not in SENT_OUT:
             return False
-        from lucidic_otel.sessions.lifecycle import END
-
         with self._lock:
             self._held.append((time.monotonic() + self.grace_s, (END, session_id, body)))
             self._arm(self.grace_s)
