@@ -25,9 +25,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from typing import Iterable, List
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".peers"

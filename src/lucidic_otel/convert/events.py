@@ -45,6 +45,7 @@ import logging
 from typing import Any, Dict, Mapping, Optional
 
 from lucidic_otel._diagnostics import never_raises, swallow
+from lucidic_otel.convert.aliases import llm_attributes
 from lucidic_otel.convert.classify import (
     AGENT,
     ERROR_TRACEBACK,
@@ -104,6 +105,7 @@ def llm_summary(span: SpanLike, prices: Optional[PriceTable] = None) -> Optional
     attrs = span.attributes or {}
     if classify(attrs) != LLM:
         return None
+    attrs = llm_attributes(attrs)
     counts = usage(attrs, prices)
     return {
         "model": request_model(attrs),

@@ -74,6 +74,12 @@ class Parts:
         if text is not None:
             self.texts.append(to_text(text) or "")
 
+    def _add_refusal(self, part: Mapping[str, Any]) -> None:
+        """A refusal is the answer's text (OpenAI's ``refusal`` part, OpenLLMetry's too)."""
+        text = to_text(part.get("content", part.get("refusal", part.get("text"))))
+        if text:
+            self.texts.append(text)
+
     def _add_typed_text(self, part: Mapping[str, Any]) -> None:
         self.texts.append(to_text(part.get("text")) or "")
 
@@ -126,6 +132,7 @@ _BY_TYPE: Dict[str, Callable[[Parts, Mapping[str, Any]], None]] = {
     "thinking": Parts._add_thinking,
     "tool_call": Parts._add_tool_call,
     "tool_call_response": Parts._add_tool_response,
+    "refusal": Parts._add_refusal,
     "output_text": Parts._add_typed_text,
     "input_text": Parts._add_typed_text,
 }

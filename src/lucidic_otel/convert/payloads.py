@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from opentelemetry.trace import StatusCode
 
+from lucidic_otel.convert.aliases import llm_attributes
 from lucidic_otel.convert.classify import (
     FUNCTION_CALL,
     GENERIC,
@@ -77,7 +78,8 @@ _TOOL_MISC_KEYS = (
 _EXECUTE_TOOL = "execute_tool "
 _REQUEST_PREFIX = "gen_ai.request."
 _PARAMS_SKIP = frozenset({"gen_ai.request.model", "gen_ai.request.stream"})
-_INVOCATION_SKIP = frozenset({"messages", "input", "prompt"})
+# The model and stream flag are request.model and misc.streaming, as for the gen_ai names.
+_INVOCATION_SKIP = frozenset({"messages", "input", "prompt", "model", "stream"})
 # Flat message attributes (shapes 3-4), gathered by prefix in one pass over the attributes.
 _FLAT_PREFIXES = ("gen_ai.prompt.", "gen_ai.completion.", "llm.input_messages.",
                   "llm.output_messages.")
@@ -114,6 +116,7 @@ def llm_payload(
     A failed call with no reported usage counts 0 tokens (not null), as the official SDK
     sends it; its cost stays null.
     """
+    attrs = llm_attributes(attrs)
     params, flat = scan(attrs)
     unparsed: List[str] = []
     messages = input_messages(span.events, attrs, flat, unparsed)
@@ -152,8 +155,9 @@ def _response(output: Output, capture: bool) -> Dict[str, Any]:
     if not capture:
         return {"output": None, "tool_calls": [without_arguments(c) for c in output.tool_calls]}
     text = None
-    if output.texts:
-        text = "\n".join(output.texts)
+    texts = [t for t in output.texts if t]  # an empty text part next to tool calls says nothing
+    if texts:
+        text = "\n".join(texts)
     elif output.tool_calls:
         text = tool_calls_text(output.tool_calls)
     response: Dict[str, Any] = {"output": text, "tool_calls": output.tool_calls}

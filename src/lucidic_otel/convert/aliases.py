@@ -1,0 +1,75 @@
+"""Other conventions' names for facts the semantic conventions name, mapped onto those names.
+
+OpenInference (Arize) and OpenLLMetry (Traceloop) record some facts of an LLM call under their
+own attribute names. :func:`llm_attributes` adds the semantic-conventions name for each of them
+(never replacing one the span has), so :mod:`.payloads` reads one set of names:
+
+* OpenInference: ``llm.model_name`` / ``embedding.model_name`` is the model that answered (the
+  dated one when the response said so); the model asked for is in the JSON
+  ``llm.invocation_parameters`` / ``embedding.invocation_parameters``, as is ``stream``;
+  ``llm.token_count.prompt_details.cache_read`` / ``cache_write`` and
+  ``llm.token_count.completion_details.reasoning`` are the cached and reasoning counts;
+  ``llm.finish_reason`` the finish reason;
+* OpenLLMetry: ``gen_ai.usage.reasoning_tokens`` and ``gen_ai.is_streaming``.
+
+Pure and cheap: a few dict lookups, one JSON parse of the invocation parameters when present.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Tuple
+
+from lucidic_otel.convert.values import as_str, parse
+
+# (semantic-conventions name, other names in order of preference) for values copied as-is.
+_SAME_VALUE: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
+    ("gen_ai.response.model", ("llm.model_name", "embedding.model_name")),
+    ("gen_ai.usage.cache_read.input_tokens", ("llm.token_count.prompt_details.cache_read",)),
+    ("gen_ai.usage.cache_creation.input_tokens",
+     ("llm.token_count.prompt_details.cache_write",)),
+    ("gen_ai.usage.reasoning.output_tokens",
+     ("llm.token_count.completion_details.reasoning", "gen_ai.usage.reasoning_tokens")),
+    ("gen_ai.request.stream", ("gen_ai.is_streaming", "llm.is_streaming")),
+)
+_INVOCATION_KEYS = ("llm.invocation_parameters", "embedding.invocation_parameters")
+
+
+def llm_attributes(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``attrs`` plus the semantic-conventions names of facts only spelled otherwise (the same
+    mapping when there are none)."""
+    added: Dict[str, Any] = {}
+    for name, others in _SAME_VALUE:
+        if name in attrs:
+            continue
+        for other in others:
+            value = attrs.get(other)
+            if value is not None:
+                added[name] = value
+                break
+    _add_invocation(attrs, added)
+    reason = as_str(attrs.get("llm.finish_reason"))
+    if reason and "gen_ai.response.finish_reasons" not in attrs:
+        added["gen_ai.response.finish_reasons"] = (reason,)
+    if not added:
+        return attrs
+    merged = dict(attrs)
+    merged.update(added)
+    return merged
+
+
+def _add_invocation(attrs: Mapping[str, Any], added: Dict[str, Any]) -> None:
+    """The requested model and ``stream`` from OpenInference's invocation parameters."""
+    for key in _INVOCATION_KEYS:
+        raw = attrs.get(key)
+        if raw is None:
+            continue
+        invocation = parse(raw)
+        if not isinstance(invocation, Mapping):
+            return
+        model = as_str(invocation.get("model"))
+        if model and "gen_ai.request.model" not in attrs:
+            added["gen_ai.request.model"] = model
+        stream = invocation.get("stream")
+        if isinstance(stream, bool) and "gen_ai.request.stream" not in attrs:
+            added.setdefault("gen_ai.request.stream", stream)
+        return
