@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterable, List, Tuple
 
 import pytest
 
+from lucidic_otel.convert.classify import LLM, classify
 from lucidic_otel.outbox.store import Store
 from tests.support import peers
 from tests.support.launcher import clean_env, run_instrumented, write_script
@@ -37,38 +38,58 @@ from tests.test_cassettes_openai import expected_messages as official_messages
 openai = pytest.importorskip("openai")
 
 RECORDINGS = load_recordings("openai")
+Events = Dict[str, List[Dict[str, Any]]]
+Spans = Dict[str, List[str]]
 SESSION_PREFIX = "cassette-"
 # pip may install the family's packages first (cached under .peers/ afterwards).
 pytestmark = pytest.mark.timeout(900)
 
 
-def _user_env(tmp: Path, family: str, store: Path, **overrides: str) -> Dict[str, str]:
+def _user_env(tmp: Path, family: str, store: Path, *, hide_official: bool = True,
+              **overrides: str) -> Dict[str, str]:
     """The launcher's environment on a machine with ``family`` as its only instrumentation of
-    openai, anthropic and langchain."""
-    path = peers.pythonpath(peers.hidden(tmp), peers.install_dir(family))
+    openai, anthropic and langchain (``hide_official=False``: next to the official ones)."""
+    dirs = [peers.hidden(tmp)] if hide_official else []
+    path = peers.pythonpath(*dirs, peers.install_dir(family))
     return clean_env(LUCIDIC_STORE_PATH=str(store), OPENAI_API_KEY=None, OPENAI_BASE_URL=None,
                      PYTHONPATH=path, **overrides)
 
 
-def _run_exchanges(tmp: Path, family: str, app: str) -> Dict[str, List[Dict[str, Any]]]:
+def _run_exchanges(tmp: Path, family: str, app: str, names: Iterable[str] = tuple(RECORDINGS),
+                   *, hide_official: bool = True) -> Tuple[Events, Spans]:
+    """({name: the events of its session}, {name: its LLM spans' names}) after one launcher
+    run of ``app`` on ``names``."""
+    recordings = {name: RECORDINGS[name] for name in names}
     store_path = tmp / "store.db"
     recordings_file = tmp / "recordings.json"
-    recordings_file.write_text(json.dumps(RECORDINGS), "utf-8")
-    env = _user_env(tmp, family, store_path)
-    with ReplayServer(RECORDINGS, ignore=("encoding_format",)) as server:
+    recordings_file.write_text(json.dumps(recordings), "utf-8")
+    env = _user_env(tmp, family, store_path, hide_official=hide_official)
+    with ReplayServer(recordings, ignore=("encoding_format",)) as server:
         proc = run_instrumented(
             [write_script(tmp, "app.py", app), server.base_url + "/v1", recordings_file,
              SESSION_PREFIX], env, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     assert server.unmatched == [], server.unmatched
-    assert sorted(server.served) == sorted(RECORDINGS)
+    assert sorted(server.served) == sorted(recordings)
     with Store(store_path) as store:
         return {
             name: [i.body for i in store.session_events(SESSION_PREFIX + name)
                    if i.kind == "event"]
-            for name in RECORDINGS
+            for name in recordings
+        }, {
+            name: [span.name for span in store.session_spans(SESSION_PREFIX + name)
+                   if classify(span.attributes) == LLM]
+            for name in recordings
         }
+
+
+def _one_instrumentor(spans: Dict[str, List[str]], events: Dict[str, List[Dict[str, Any]]],
+                      name: str) -> None:
+    """The call was wrapped once: one LLM span (the peer's), and an event of one layer."""
+    assert len(spans[name]) == 1, spans[name]
+    (event,) = [e for e in events[name] if e["type"] == "llm_generation"]
+    assert "layers" not in event["payload"].get("misc", {}), event["payload"]["misc"]
 
 
 @pytest.fixture(scope="module", params=peers.FAMILIES)
@@ -112,10 +133,48 @@ MISSING = {
 
 @pytest.mark.parametrize("name", sorted(RECORDINGS))
 def test_exchange(family_replay, name, request):
-    family, replay = family_replay
+    family, (replay, spans) = family_replay
+    _one_instrumentor(spans, replay, name)
     reason = MISSING.get((family, name))
     if reason is not None:
         request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     if family == "openllmetry":
         request.getfixturevalue("embedding_input_as_message")
     check(replay, name)
+
+
+# ------------------------------------------------ one instrumentor, however it is switched on
+
+# The documented explicit use of each package, at the top of the application.
+EXPLICIT = {
+    "openinference": "from openinference.instrumentation.openai import OpenAIInstrumentor",
+    "openllmetry": "from opentelemetry.instrumentation.openai import OpenAIInstrumentor",
+}
+FEW = ("chat_basic", "chat_tool_calls", "chat_404")
+
+
+@pytest.mark.parametrize("family", peers.FAMILIES)
+def test_explicit_instrument_under_the_launcher_is_still_one_event(family, tmp_path):
+    """The app calls ``OpenAIInstrumentor().instrument()`` as the package documents, and the
+    launcher has already applied the same instrumentor from its entry point: still one
+    wrapper, one event per call."""
+    app = "\n    " + EXPLICIT[family] + "\n    OpenAIInstrumentor().instrument()" + APP
+    replay, spans = _run_exchanges(tmp_path, family, app, FEW)
+    for name in FEW:
+        _one_instrumentor(spans, replay, name)
+        check(replay, name)
+
+
+@pytest.mark.parametrize("family", peers.FAMILIES)
+def test_next_to_the_official_instrumentation_the_client_is_wrapped_twice(family, tmp_path):
+    """Without the official instrumentation hidden, both ``openai`` instrumentors wrap the
+    client: two LLM spans per call (what the one-instrumentation-per-library rule prevents,
+    and what makes the check of the tests above able to fail), merged into one event of two
+    layers, so the call is still counted once."""
+    replay, spans = _run_exchanges(tmp_path, family, APP, ("chat_basic",), hide_official=False)
+    assert len(spans["chat_basic"]) == 2, spans["chat_basic"]
+    with pytest.raises(AssertionError):
+        _one_instrumentor(spans, replay, "chat_basic")
+    (event,) = [e for e in replay["chat_basic"] if e["type"] == "llm_generation"]
+    assert len(event["payload"]["misc"]["layers"]) == 2, event["payload"]["misc"]
+    check(replay, "chat_basic")
