@@ -959,8 +959,7 @@ def test_llm_span_with_exception_event_uses_it_for_the_error() -> None:
         ("my work", {}),
         ("create_agent planner", {"gen_ai.operation.name": "create_agent",
                                   "gen_ai.provider.name": "openai"}),
-        ("workflow", {"traceloop.span.kind": "workflow"}),
-        ("chain", {"openinference.span.kind": "CHAIN"}),
+        ("retriever", {"openinference.span.kind": "RETRIEVER"}),
     ],
 )
 def test_other_spans_are_not_events(name: str, attributes: Dict[str, Any]) -> None:

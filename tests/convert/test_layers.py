@@ -222,6 +222,24 @@ def test_layers_in_different_traces_sharing_a_response_id_are_one_event(store, e
     assert_one_call(store)
 
 
+def test_a_root_layer_joined_by_response_id_gives_its_event_to_the_layer_in_the_tree(
+        store, exporter):
+    """OpenInference's LangChain spans are started outside the current context, so the
+    client's span of the call is a root of its own trace, and ends first: the one event is
+    placed at the framework's layer, under the agent, not left at the root."""
+    rec = Recorder()
+    agent = rec.start("agent run", {}, scope="app")
+    rec.start("anthropic.messages.create", client_layer(), scope=CLIENT).end()
+    rec.start(f"chat {MODEL}", instrumentation_layer(), scope=FRAMEWORK, parent=agent).end()
+    agent.end()
+    done = rec.finished()
+    exporter.export([done["anthropic.messages.create"], done[f"chat {MODEL}"],
+                     done["agent run"]])
+    event = assert_one_call(store)
+    assert event["metadata"]["span_name"] == f"chat {MODEL}"
+    assert event["metadata"]["parent_span_id"] == spans_by_name(store)["agent run"].span_id
+
+
 # ------------------------------------------------------------------- never merged
 
 

@@ -7,11 +7,13 @@ opentelemetry-instrumentation-openai 0.62.4 (OpenLLMetry) on the recorded exchan
 
 from __future__ import annotations
 
+import json
 from typing import Any, Dict
 
 import pytest
 
 from lucidic_otel.convert.aliases import llm_attributes
+from lucidic_otel.convert.events import span_to_event
 from lucidic_otel.convert.parts import Parts
 from tests.convert.test_events import convert, make_span
 
@@ -142,3 +144,64 @@ def test_aliases_leave_other_spans_alone() -> None:
     attrs = {"gen_ai.request.model": "gpt-4o", "llm.invocation_parameters": "not json"}
     assert llm_attributes(attrs) is attrs
     assert llm_attributes({}) == {}
+
+
+def test_openinference_response_id_from_its_output_value() -> None:
+    """OpenInference records no response id; its outputs hold it (OpenAI's response, and
+    LangChain's result with it in ``response_metadata``), so the layers of a call join."""
+    client = {**OI_CACHED, "output.mime_type": "application/json",
+              "output.value": '{"id":"chatcmpl-EMcrRZ","choices":[]}'}
+    framework = {**OI_CACHED, "output.value": json.dumps({"generations": [[{"message": {
+        "id": ["langchain", "schema", "messages", "AIMessage"], "kwargs": {
+            "content": 'say "id": "chatcmpl-fake"', "response_metadata": {
+                "id": "chatcmpl-EMcrRZ"}, "id": "lc_run--1"}}}]]})}
+    for attrs in (client, framework):
+        assert llm_attributes(attrs)["gen_ai.response.id"] == "chatcmpl-EMcrRZ"
+        event = convert(make_span("ChatOpenAI", attrs, scope=OI_SCOPE))
+        assert event["payload"]["misc"]["response_id"] == "chatcmpl-EMcrRZ"
+    assert "gen_ai.response.id" not in llm_attributes(
+        {**OI_CACHED, "output.value": '{"id": "lc_run--1"}'})
+
+
+@pytest.mark.parametrize(("attributes", "details"), [
+    ({"openinference.span.kind": "AGENT"}, "Agent weather_agent"),
+    ({"openinference.span.kind": "CHAIN"}, "Chain weather_agent"),
+    ({"traceloop.span.kind": "workflow", "traceloop.entity.name": "pipeline"},
+     "Workflow pipeline"),
+    ({"traceloop.span.kind": "task"}, "Task weather_agent"),
+])
+def test_agent_chain_workflow_and_task_spans_are_generic_events(
+        attributes: Dict[str, Any], details: str) -> None:
+    event = convert(make_span("weather_agent", attributes, scope=OI_SCOPE))
+    assert event["type"] == "generic"
+    assert event["payload"]["details"] == details
+    kind = attributes.get("openinference.span.kind", attributes.get("traceloop.span.kind"))
+    assert event["payload"]["misc"] == {"span_kind": kind}
+
+
+def test_openinference_langchain_tool_result_is_the_tool_message_content() -> None:
+    span = make_span("get_current_weather", {
+        "openinference.span.kind": "TOOL",
+        "input.value": "Seattle, WA",
+        "output.value": json.dumps({"type": "tool", "data": {
+            "content": "50 degrees and raining", "type": "tool", "name": "get_current_weather",
+            "id": None, "tool_call_id": "call_JpNb", "status": "success"}}),
+        "output.mime_type": "application/json",
+        "tool.name": "get_current_weather",
+        "tool.description": "Get the current weather in a given location",
+    }, scope=("openinference.instrumentation.langchain", "0.1.80"))
+    payload = convert(span)["payload"]
+    assert payload["function_name"] == "get_current_weather"
+    assert payload["arguments"] == "Seattle, WA"
+    assert payload["return_value"] == "50 degrees and raining"
+    assert payload["misc"]["tool_call_id"] == "call_JpNb"
+    hidden = span_to_event(span, "sess-1", None, capture_content=False)["payload"]
+    assert (hidden["return_value"], hidden["misc"]["tool_call_id"]) == (None, "call_JpNb")
+
+
+def test_a_tool_output_that_is_not_a_tool_message_stays_as_it_is() -> None:
+    from lucidic_otel.convert.aliases import tool_attributes
+
+    for output in ('{"type": "text", "data": {"content": "x"}}', "[1, 2]", "plain", None):
+        attrs = {"openinference.span.kind": "TOOL", "output.value": output}
+        assert tool_attributes(attrs) is attrs

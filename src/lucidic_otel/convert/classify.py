@@ -5,6 +5,8 @@ after a handful of dict lookups. Agent and workflow spans of the GenAI semantic 
 (``invoke_agent``, ``invoke_workflow``) classify as :data:`AGENT`: they become ``generic``
 events, so what ran inside them has them as parent and an agent run shows as a tree. Other
 ``gen_ai.*`` spans that are not generations (retrieval, ``create_agent``) classify as None.
+OpenInference ``AGENT`` and ``CHAIN`` spans and Traceloop ``workflow`` / ``agent`` / ``task``
+spans are :data:`AGENT` too, for the same reason.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ _LLM_OPERATIONS = frozenset(
 )
 _AGENT_OPERATIONS = frozenset({"invoke_agent", "invoke_workflow"})
 _OPENINFERENCE_LLM_KINDS = frozenset({"LLM", "EMBEDDING"})
+# OpenInference's agent runs and the chains (LangChain runnables, graph nodes) inside them,
+# Traceloop's workflows, agents and tasks: steps of a run, so what ran inside has a parent.
+_OPENINFERENCE_AGENT_KINDS = frozenset({"AGENT", "CHAIN"})
+_TRACELOOP_AGENT_KINDS = frozenset({"workflow", "agent", "task"})
 _EXCEPTION_EVENT = "exception"
 
 
@@ -54,7 +60,9 @@ def classify(attrs: Mapping[str, Any]) -> Optional[str]:
         return _openinference(openinference_kind)
     traceloop_kind = attrs.get("traceloop.span.kind")
     if traceloop_kind is not None:
-        return TOOL if traceloop_kind == "tool" else None
+        if traceloop_kind == "tool":
+            return TOOL
+        return AGENT if traceloop_kind in _TRACELOOP_AGENT_KINDS else None
     return _by_presence(attrs)
 
 
@@ -62,6 +70,8 @@ def _openinference(value: Any) -> Optional[str]:
     kind = str(value).upper()
     if kind == "TOOL":
         return TOOL
+    if kind in _OPENINFERENCE_AGENT_KINDS:
+        return AGENT
     return LLM if kind in _OPENINFERENCE_LLM_KINDS else None
 
 

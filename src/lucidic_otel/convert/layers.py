@@ -15,7 +15,9 @@ twice.
   calls made inside one span are two calls, whatever their model);
 * an LLM span over several LLM calls (its children, in different groups) is a layer over all
   of them and claims none: it stays a span in the tree, without an event or tokens;
-* the event is the innermost layer's (the one closest to the wire), carrying the union of
+* the event is the innermost layer's (the one closest to the wire; of layers joined by
+  response id only, the one that has a parent span, so the event stays in the run's tree),
+  carrying the union of
   what the layers recorded: messages, output, tool calls and thinking from whichever has them,
   parameters merged, usage once (the innermost value of each count), the most specific model,
   the response id, an error if any layer failed, and ``misc.layers`` naming the spans merged;
@@ -124,10 +126,11 @@ class LayerTracker:
             self._remember(call, span)
             return "new", call
         inner = _is_child_of(span, call) and not _is_parent_of(span, call)
-        call.event = _merge_events(call, span, inner, self._prices)
+        moves = (inner or _better_placed(call, span)) and not call.written
+        call.event = _merge_events(call, span, inner, moves, self._prices)
         call.members[(span.trace_id, span.span_id)] = span.parent_span_id
         call.scopes.add(span.scope)
-        if inner and not call.written:
+        if moves:
             call.primary = (span.trace_id, span.span_id)
         if call.response_id is None:
             call.response_id = response_id(span.event)
@@ -237,17 +240,30 @@ def _related(call: _Call, span: LayerSpan) -> bool:
     return _is_child_of(span, call) or _is_parent_of(span, call)
 
 
+def _better_placed(call: _Call, span: LayerSpan) -> bool:
+    """Joined by response id only, ``span`` has a parent where the event's span is a root: a
+    framework that starts its spans outside the current context (OpenInference's LangChain
+    instrumentation) leaves the client's span a root of its own trace, and the event belongs
+    in the framework's tree."""
+    return (
+        span.parent_span_id is not None
+        and call.members.get(call.primary) is None
+        and not _related(call, span)
+    )
+
+
 # ----------------------------------------------------------------------------- merging
 
 
 def _merge_events(
-    call: _Call, span: LayerSpan, inner: bool, prices: Optional[PriceTable] = None
+    call: _Call, span: LayerSpan, inner: bool, moves: bool,
+    prices: Optional[PriceTable] = None,
 ) -> Dict[str, Any]:
     """The call's event with ``span``'s layer joined; the envelope (ids, timing, metadata) is
-    the innermost layer's until the event has been written, and stays put after that."""
+    ``span``'s when the event ``moves`` to it (see :meth:`LayerTracker.add`)."""
     known, new = call.event, span.event
     inner_event, outer_event = (new, known) if inner else (known, new)
-    envelope = new if inner and not call.written else known
+    envelope = new if moves else known
     merged = dict(envelope)
     merged["payload"] = merge_payloads(inner_event.get("payload", {}),
                                        outer_event.get("payload", {}), prices)

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from opentelemetry.trace import StatusCode
 
-from lucidic_otel.convert.aliases import llm_attributes
+from lucidic_otel.convert.aliases import llm_attributes, tool_attributes
 from lucidic_otel.convert.classify import (
     FUNCTION_CALL,
     GENERIC,
@@ -322,6 +322,7 @@ def without_arguments(call: Dict[str, Any]) -> Dict[str, Any]:
 
 def function_payload(span: SpanLike, attrs: Mapping[str, Any], capture: bool) -> Dict[str, Any]:
     """The ``function_call`` payload: tool name, arguments and result (with content), error."""
+    attrs = tool_attributes(attrs)
     payload: Dict[str, Any] = {
         "function_name": _function_name(span, attrs),
         "arguments": None,
@@ -374,6 +375,9 @@ _AGENT_MISC_KEYS = (
 )
 _AGENT_NAMES = {"invoke_agent": ("Agent", "gen_ai.agent.name"),
                 "invoke_workflow": ("Workflow", "gen_ai.workflow.name")}
+# OpenInference and Traceloop span kinds of agent steps: the label, and the attribute naming it.
+_KIND_KEYS = ("openinference.span.kind", "traceloop.span.kind")
+_KIND_LABELS = {"agent": "Agent", "chain": "Chain", "workflow": "Workflow", "task": "Task"}
 
 
 def generic_payload(span: SpanLike, attrs: Mapping[str, Any], capture: bool) -> Dict[str, Any]:
@@ -381,10 +385,11 @@ def generic_payload(span: SpanLike, attrs: Mapping[str, Any], capture: bool) -> 
     weather_agent``, ``Workflow Agent workflow``), ``misc`` keeps its ``gen_ai.*`` identity
     (agent and workflow name, ids, conversation) and, when it failed, the error."""
     operation = as_str(attrs.get("gen_ai.operation.name")) or ""
-    label, name_key = _AGENT_NAMES.get(operation, ("Step", "gen_ai.agent.name"))
-    name = as_str(attrs.get(name_key)) or _name_after_operation(span.name or "", operation)
-    details = f"{label} {name}" if name else label
+    kind = None if operation else first_str(attrs, _KIND_KEYS)
+    details = _step_details(span, attrs, operation, kind)
     misc: Dict[str, Any] = {"operation": operation} if operation else {}
+    if kind is not None:
+        misc["span_kind"] = kind
     for key, misc_key in _AGENT_MISC_KEYS:
         value = as_str(attrs.get(key))
         if value:
@@ -397,6 +402,17 @@ def generic_payload(span: SpanLike, attrs: Mapping[str, Any], capture: bool) -> 
     if error is not None:
         details = f"{details} failed: {error}"
     return {"details": details, "misc": misc}
+
+
+def _step_details(
+    span: SpanLike, attrs: Mapping[str, Any], operation: str, kind: Optional[str]
+) -> str:
+    """``Agent planner``: the step's label (from its operation or span kind) and name."""
+    label, name_key = _AGENT_NAMES.get(operation, ("Step", "gen_ai.agent.name"))
+    if kind is not None:
+        label, name_key = _KIND_LABELS.get(kind.lower(), "Step"), "traceloop.entity.name"
+    name = as_str(attrs.get(name_key)) or _name_after_operation(span.name or "", operation)
+    return f"{label} {name}" if name else label
 
 
 def _generic_error(span: SpanLike, attrs: Mapping[str, Any], misc: Dict[str, Any]) -> Optional[str]:
