@@ -660,6 +660,34 @@ def test_doctor_flags_one_library_instrumented_by_two_packages(recorded: Dict[st
     assert _doctor_json(env)["instrumentors"]["library_instrumented_twice"] == {}
 
 
+@pytest.mark.timeout(900)  # pip may install the [openinference] extra first
+def test_doctor_flags_openai_instrumented_by_openinference_and_the_official_package(
+        recorded: Dict[str, Any], tmp_path: Path) -> None:
+    """The real OpenInference packages (the [openinference] extra) next to the official GenAI
+    instrumentations: each library is wrapped twice, and doctor names both distributions.
+    With the official ones hidden (one instrumentation per library), nothing is flagged."""
+    from tests.support import peers
+
+    openinference = peers.install_dir("openinference")
+    env = cli_env(recorded["store"], OTEL_PYTHON_DISTRO="lucidic",
+                  PYTHONPATH=str(openinference))
+    report = _doctor_json(env)
+    twice = report["instrumentors"]["instrumented_twice"]
+    assert twice["openai"] == ["openinference-instrumentation-openai",
+                               "opentelemetry-instrumentation-genai-openai"], twice
+    assert set(twice) == {"openai", "anthropic", "langchain"}, twice
+    named = ("instrumented twice: 'openai' is registered by openinference-instrumentation-"
+             "openai, opentelemetry-instrumentation-genai-openai")
+    assert any(p.startswith(named) for p in report["problems"]), report["problems"]
+    assert "INSTRUMENTED TWICE" in run_cli("doctor", env=env).stdout
+
+    env["PYTHONPATH"] = peers.pythonpath(peers.hidden(tmp_path), openinference)
+    alone = _doctor_json(env)["instrumentors"]
+    assert (alone["instrumented_twice"], alone["library_instrumented_twice"]) == ({}, {})
+    assert {r["distribution"] for r in alone["installed"] if r["name"] == "openai"} == {
+        "openinference-instrumentation-openai"}
+
+
 def _doctor_json(env: Dict[str, str], *args: str) -> Dict[str, Any]:
     """The report; doctor's exit status says whether it lists problems, every time."""
     result = run_cli("doctor", "--json", *args, env=env)
