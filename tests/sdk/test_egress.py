@@ -312,3 +312,32 @@ def test_the_destination_of_a_url(url: str, expected) -> None:
     from lucidic_otel.sdk.egress import _netloc
 
     assert _netloc(url) == expected
+
+
+def test_the_open_call_set_is_emptied_in_place_so_the_processor_reference_stays_valid() -> None:
+    """The processor keeps a reference to ``LLM_CALLS.open`` (no method call per span): a forked
+    child's reset must empty that same dict, not replace it."""
+    from lucidic_otel.sdk import processor as processor_module
+
+    assert processor_module._LLM_OPEN is LLM_CALLS.open
+    LLM_CALLS.open[12345] = True
+    try:
+        LLM_CALLS.after_fork()
+        assert processor_module._LLM_OPEN is LLM_CALLS.open
+        assert not LLM_CALLS.open
+    finally:
+        LLM_CALLS.open.pop(12345, None)
+
+
+def test_a_genai_span_is_recorded_when_no_call_is_open_and_a_plain_one_is_not() -> None:
+    """The processor's pre-check (a GenAI key, or a call open) must not skip a real call."""
+    provider = TracerProvider()
+    provider.add_span_processor(LucidicSpanProcessor(load_settings({})))
+    tracer = provider.get_tracer("t")
+    assert not LLM_CALLS.open
+    with tracer.start_as_current_span("plain", kind=SpanKind.CLIENT):
+        assert not LLM_CALLS.open
+    for key in ("gen_ai.operation.name", "gen_ai.system", "gen_ai.provider.name"):
+        with tracer.start_as_current_span("c", kind=SpanKind.CLIENT, attributes={key: "v"}) as s:
+            assert s.get_span_context().span_id in LLM_CALLS, key
+    assert not LLM_CALLS.open

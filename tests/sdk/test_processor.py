@@ -449,3 +449,26 @@ def test_processor_contract_methods() -> None:
     p.processor.shutdown()
     assert LucidicSpanProcessor.lucidic_session_processor is True
     p.provider.shutdown()
+
+
+def test_on_end_reads_the_kind_of_sdk_spans_and_of_span_like_objects() -> None:
+    """on_end reads the kind through the verified private slot; anything else that reaches it
+    (a span-like object without the slot) goes through ``.kind``, and never raises."""
+    from opentelemetry.trace import SpanKind
+
+    from lucidic_otel.sdk import _fastpath
+
+    span = TracerProvider().get_tracer("t").start_span("s", kind=SpanKind.SERVER)
+    span.end()
+    assert _fastpath.kind_of(span) is span.kind is SpanKind.SERVER
+
+    class SpanLike:
+        kind = SpanKind.INTERNAL
+        attributes: Dict[str, str] = {}
+
+    class NoKind:
+        attributes: Dict[str, str] = {}
+
+    processor = LucidicSpanProcessor(load_settings({}))
+    processor.on_end(SpanLike())  # type: ignore[arg-type]
+    processor.on_end(NoKind())  # type: ignore[arg-type]

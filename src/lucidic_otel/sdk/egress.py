@@ -92,6 +92,8 @@ _DECISIONS_KEPT = 1024
 # A span is an LLM client call when it is a CLIENT span of a GenAI operation.
 _GENAI_OPERATION, _GENAI_SYSTEM, _GENAI_PROVIDER = (
     "gen_ai.operation.name", "gen_ai.system", "gen_ai.provider.name")
+#: A span holding none of these at start is not an LLM call (the processor's pre-check).
+GENAI_CALL_KEYS = frozenset({_GENAI_OPERATION, _GENAI_SYSTEM, _GENAI_PROVIDER})
 
 
 class _Hosts:
@@ -127,7 +129,9 @@ class LlmCalls:
     """
 
     def __init__(self) -> None:
-        self._open: Dict[int, bool] = {}
+        #: span id -> True. Never rebound (emptied in place), so the processor can keep a
+        #: reference and test it for emptiness without a method call on every span.
+        self.open: Dict[int, bool] = {}
 
     def on_start(self, span: Any, attributes: Optional[Dict[str, Any]]) -> None:
         # Cheapest tests first: this runs for every span on the application's thread.
@@ -140,24 +144,24 @@ class LlmCalls:
             )
             and span.kind is SpanKind.CLIENT
         ):
-            self._open[span.get_span_context().span_id] = True
-        elif self._open:
+            self.open[span.get_span_context().span_id] = True
+        elif self.open:
             parent = span.parent
-            if parent is not None and parent.span_id in self._open:
-                self._open[span.get_span_context().span_id] = True
+            if parent is not None and parent.span_id in self.open:
+                self.open[span.get_span_context().span_id] = True
 
     def on_end(self, span: Any) -> None:
-        if self._open:
-            self._open.pop(span.get_span_context().span_id, None)
+        if self.open:
+            self.open.pop(span.get_span_context().span_id, None)
 
     def __contains__(self, span_id: int) -> bool:
-        return span_id in self._open
+        return span_id in self.open
 
     def __len__(self) -> int:
-        return len(self._open)
+        return len(self.open)
 
     def after_fork(self) -> None:
-        self._open = {}
+        self.open.clear()
 
 
 LLM_CALLS = LlmCalls()
