@@ -28,7 +28,10 @@ import sys
 from pathlib import Path
 from typing import Iterable, List
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as a package (the [test] extra)
+    import tomli as tomllib  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".peers"
