@@ -46,15 +46,16 @@ def _copy(attributes: Mapping[str, Any]) -> Dict[str, Any]:
     return result if type(result) is dict else dict(attributes)
 
 
-_SPAN_KINDS = ("INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
-
-
-def _kind(span: ReadableSpan) -> str:
-    return _SPAN_KINDS[span.kind.value] if span.kind is not None else "INTERNAL"
+# Enum members to their names by dict lookup: ``.name``/``.value`` of an Enum member is a
+# descriptor call, and this runs for every exported span.
+_KIND_NAMES: Dict[Any, str] = {kind: kind.name for kind in trace.SpanKind}
+_STATUS_NAMES: Dict[Any, str] = {code: code.name for code in trace.StatusCode}
 
 
 def _span_events(span: ReadableSpan, capture: bool) -> List[Dict[str, Any]]:
     """The span's events as stored: without content attributes unless content is captured."""
+    if not span.events:  # most spans: no list to build
+        return []
     return [
         {
             "name": e.name,
@@ -241,12 +242,12 @@ class LucidicSpanExporter(SpanExporter):
             parent_span_id=f"{parent.span_id:016x}" if parent is not None else None,
             session_id=None if session_id is None else str(session_id),
             name=span.name,
-            kind=_kind(span),
+            kind=_KIND_NAMES.get(span.kind, "INTERNAL"),
             service=str(resource.get("service.name", "unknown_service")),
             pid=pid,
             start_ns=span.start_time or 0,
             end_ns=span.end_time or 0,
-            status_code=status.status_code.name,
+            status_code=_STATUS_NAMES.get(status.status_code, "UNSET"),
             status_message=status.description,
             attributes=_copy(attributes) if capture else strip_content(attributes),
             events=_span_events(span, capture),
