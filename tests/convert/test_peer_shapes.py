@@ -11,6 +11,7 @@ import json
 from typing import Any, Dict
 
 import pytest
+from opentelemetry.trace import Status, StatusCode
 
 from lucidic_otel.convert.aliases import llm_attributes
 from lucidic_otel.convert.events import span_to_event
@@ -165,7 +166,9 @@ def test_openinference_response_id_from_its_output_value() -> None:
 
 @pytest.mark.parametrize(("attributes", "details"), [
     ({"openinference.span.kind": "AGENT"}, "Agent weather_agent"),
-    ({"openinference.span.kind": "CHAIN"}, "Chain weather_agent"),
+    ({"openinference.span.kind": "CHAIN",
+      "metadata": '{"langgraph_step": 1, "langgraph_node": "weather_agent"}'},
+     "Chain weather_agent"),
     ({"traceloop.span.kind": "workflow", "traceloop.entity.name": "pipeline"},
      "Workflow pipeline"),
     ({"traceloop.span.kind": "task"}, "Task weather_agent"),
@@ -177,6 +180,30 @@ def test_agent_chain_workflow_and_task_spans_are_generic_events(
     assert event["payload"]["details"] == details
     kind = attributes.get("openinference.span.kind", attributes.get("traceloop.span.kind"))
     assert event["payload"]["misc"] == {"span_kind": kind}
+
+
+@pytest.mark.parametrize("metadata", [
+    None,  # an LCEL chain: no graph
+    '{"langgraph_step": 1, "langgraph_node": "model"}',  # a runnable inside node "model"
+    '{"langgraph_node": ',  # not JSON
+    '["langgraph_node"]',  # not an object
+])
+def test_a_chain_that_is_not_a_graph_node_is_not_an_event(metadata: Any) -> None:
+    """Prompt templates, parsers and lambdas are CHAIN spans too: no event each."""
+    attributes = {"openinference.span.kind": "CHAIN", "input.value": "x", "output.value": "y"}
+    if metadata is not None:
+        attributes["metadata"] = metadata
+    assert convert(make_span("ChatPromptTemplate", attributes, scope=OI_SCOPE)) is None
+
+
+def test_a_failed_chain_that_is_not_a_graph_node_is_an_error_event() -> None:
+    span = make_span(
+        "StrOutputParser", {"openinference.span.kind": "CHAIN"}, scope=OI_SCOPE,
+        status=Status(StatusCode.ERROR, "bad output"),
+        events_=[("exception", {"exception.type": "ValueError",
+                                "exception.message": "bad output"})])
+    event = convert(span)
+    assert event is not None and event["type"] == "error_traceback", event
 
 
 def test_openinference_langchain_tool_result_is_the_tool_message_content() -> None:
@@ -205,3 +232,26 @@ def test_a_tool_output_that_is_not_a_tool_message_stays_as_it_is() -> None:
     for output in ('{"type": "text", "data": {"content": "x"}}', "[1, 2]", "plain", None):
         attrs = {"openinference.span.kind": "TOOL", "output.value": output}
         assert tool_attributes(attrs) is attrs
+
+
+@pytest.mark.parametrize(("texts", "calls", "expected"), [
+    ([""], [], ""),  # an empty answer stays an empty answer, as before
+    (["a", "", "b"], [], "a\n\nb"),  # text parts are kept as they came
+    (["", "x"], [], "\nx"),
+    ([""], [{"id": "c1", "name": "f", "arguments": {"q": 1}}], None),  # tool calls: readable
+])
+def test_output_text_drops_empty_parts_only_next_to_tool_calls(texts, calls, expected) -> None:
+    from lucidic_otel.convert.output import Output
+    from lucidic_otel.convert.payloads import _response, tool_calls_text
+
+    output = Output()
+    output.texts.extend(texts)
+    output.tool_calls.extend(calls)
+    got = _response(output, True)["output"]
+    assert got == (tool_calls_text(calls) if expected is None else expected)
+
+
+def test_a_refusal_part_with_a_null_content_key_keeps_its_refusal() -> None:
+    parts = Parts()
+    parts.add({"type": "refusal", "content": None, "refusal": "I can't help with that."})
+    assert parts.texts == ["I can't help with that."]

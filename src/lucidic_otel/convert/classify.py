@@ -5,12 +5,16 @@ after a handful of dict lookups. Agent and workflow spans of the GenAI semantic 
 (``invoke_agent``, ``invoke_workflow``) classify as :data:`AGENT`: they become ``generic``
 events, so what ran inside them has them as parent and an agent run shows as a tree. Other
 ``gen_ai.*`` spans that are not generations (retrieval, ``create_agent``) classify as None.
-OpenInference ``AGENT`` and ``CHAIN`` spans and Traceloop ``workflow`` / ``agent`` / ``task``
-spans are :data:`AGENT` too, for the same reason.
+OpenInference ``AGENT`` spans and Traceloop ``workflow`` / ``agent`` / ``task`` spans are
+:data:`AGENT` too, for the same reason. Of OpenInference's ``CHAIN`` spans only a graph's nodes
+are (a LangGraph node: the span named as its ``metadata``'s ``langgraph_node``): every other
+LangChain runnable (prompt templates, parsers, lambdas) is a ``CHAIN`` span as well, and one
+event for each would bury the run's steps and multiply what is sent.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Mapping, Optional
 
@@ -38,16 +42,15 @@ _LLM_OPERATIONS = frozenset(
 )
 _AGENT_OPERATIONS = frozenset({"invoke_agent", "invoke_workflow"})
 _OPENINFERENCE_LLM_KINDS = frozenset({"LLM", "EMBEDDING"})
-# OpenInference's agent runs and the chains (LangChain runnables, graph nodes) inside them,
 # Traceloop's workflows, agents and tasks: steps of a run, so what ran inside has a parent.
-_OPENINFERENCE_AGENT_KINDS = frozenset({"AGENT", "CHAIN"})
 _TRACELOOP_AGENT_KINDS = frozenset({"workflow", "agent", "task"})
 _EXCEPTION_EVENT = "exception"
 
 
-def classify(attrs: Mapping[str, Any]) -> Optional[str]:
+def classify(attrs: Mapping[str, Any], name: Optional[str] = None) -> Optional[str]:
     """:data:`LLM`, :data:`TOOL`, :data:`AGENT` or None, from the first convention the span
-    speaks."""
+    speaks. ``name`` (the span's) tells a graph node among OpenInference ``CHAIN`` spans; a
+    caller that only asks "is this an LLM call" may leave it out."""
     operation = attrs.get("gen_ai.operation.name")
     if isinstance(operation, str):
         if operation == "execute_tool":
@@ -57,7 +60,7 @@ def classify(attrs: Mapping[str, Any]) -> Optional[str]:
         return AGENT if operation in _AGENT_OPERATIONS else None
     openinference_kind = attrs.get("openinference.span.kind")
     if openinference_kind is not None:
-        return _openinference(openinference_kind)
+        return _openinference(openinference_kind, attrs, name)
     traceloop_kind = attrs.get("traceloop.span.kind")
     if traceloop_kind is not None:
         if traceloop_kind == "tool":
@@ -66,13 +69,26 @@ def classify(attrs: Mapping[str, Any]) -> Optional[str]:
     return _by_presence(attrs)
 
 
-def _openinference(value: Any) -> Optional[str]:
+def _openinference(value: Any, attrs: Mapping[str, Any], name: Optional[str]) -> Optional[str]:
     kind = str(value).upper()
     if kind == "TOOL":
         return TOOL
-    if kind in _OPENINFERENCE_AGENT_KINDS:
+    if kind == "AGENT" or (kind == "CHAIN" and _is_graph_node(attrs, name)):
         return AGENT
     return LLM if kind in _OPENINFERENCE_LLM_KINDS else None
+
+
+def _is_graph_node(attrs: Mapping[str, Any], name: Optional[str]) -> bool:
+    """A LangGraph node: OpenInference copies the run's metadata, whose ``langgraph_node`` is
+    the node's name. Runnables inside the node inherit that metadata under their own names."""
+    metadata = attrs.get("metadata")
+    if not name or not isinstance(metadata, str) or "langgraph_node" not in metadata:
+        return False
+    try:
+        parsed = json.loads(metadata)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and parsed.get("langgraph_node") == name
 
 
 def _by_presence(attrs: Mapping[str, Any]) -> Optional[str]:

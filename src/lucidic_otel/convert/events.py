@@ -152,7 +152,7 @@ def span_to_event(
     # (HTTP, database) leave here after the few dict lookups of classify().
     try:
         attrs = span.attributes or {}
-        kind = classify(attrs)
+        kind = classify(attrs, span.name)
         exception = None
         if kind is None:
             exception = last_exception(span)

@@ -16,6 +16,7 @@ from lucidic_otel.convert.values import (
     UNKNOWN,
     as_items,
     as_str,
+    first_present,
     head,
     indexed,
     parse,
@@ -70,13 +71,13 @@ class Parts:
             add(self, part)
 
     def _add_text(self, part: Mapping[str, Any]) -> None:
-        text = part.get("content", part.get("text"))
+        text = first_present(part, ("content", "text"))
         if text is not None:
             self.texts.append(to_text(text) or "")
 
     def _add_refusal(self, part: Mapping[str, Any]) -> None:
         """A refusal is the answer's text (OpenAI's ``refusal`` part, OpenLLMetry's too)."""
-        text = to_text(part.get("content", part.get("refusal", part.get("text"))))
+        text = to_text(first_present(part, ("content", "refusal", "text")))
         if text:
             self.texts.append(text)
 
@@ -84,7 +85,7 @@ class Parts:
         self.texts.append(to_text(part.get("text")) or "")
 
     def _add_thinking(self, part: Mapping[str, Any]) -> None:
-        text = to_text(part.get("content", part.get("thinking", part.get("text"))))
+        text = to_text(first_present(part, ("content", "thinking", "text")))
         if text:
             self.thinking.append(text)
 

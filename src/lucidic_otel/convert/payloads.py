@@ -155,7 +155,9 @@ def _response(output: Output, capture: bool) -> Dict[str, Any]:
     if not capture:
         return {"output": None, "tool_calls": [without_arguments(c) for c in output.tool_calls]}
     text = None
-    texts = [t for t in output.texts if t]  # an empty text part next to tool calls says nothing
+    texts = output.texts
+    if output.tool_calls:  # an empty text part next to tool calls says nothing
+        texts = [t for t in texts if t]
     if texts:
         text = "\n".join(texts)
     elif output.tool_calls:
