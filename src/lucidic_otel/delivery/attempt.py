@@ -46,6 +46,7 @@ class Result:
     protocol: bool = False  # a 2xx that did not give what the flow needs
     blob: bool = False
     seconds: float = 0.0  # how long the worker spent on it
+    drain: int = 0  # the drain request current when the attempt began (see Policy)
 
 
 class Attempts:

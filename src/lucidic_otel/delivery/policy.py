@@ -7,8 +7,10 @@ decides what follows, in one place:
 - a run of them (an outage) also pauses the whole sender, growing per round, not per item:
   eight requests failing together are one sign of an outage, not eight; ``Retry-After`` on
   429/503 pauses it for as long as asked;
-- during a drain (exit, upload), only transient failures since it began, in more than one
-  round, mean the backend is down: the drain gives up instead of waiting out its deadline;
+- during a drain (exit, upload), only transient failures of requests sent since it began, in
+  more than one round, mean the backend is down: the drain gives up instead of waiting out
+  its deadline (a failed reply to a request sent before the drain says how the backend was
+  then: a drain that began after it recovered must not give up on that);
 - a record the backend rejects is moved aside with its reason, and never retried;
 - a refused key, no credits or a redirect stop delivery in this process, keeping every record.
 
@@ -78,6 +80,11 @@ class _DrainRun:
     failures: int = 0
     failed_rounds: int = 0
     successes: int = 0
+
+    def counts(self, result: Result) -> bool:
+        """Whether ``result``'s failure is evidence for this drain: its request was sent after
+        the drain began. (Successes always count: any sign of life keeps a drain going.)"""
+        return result.drain >= self.request
 
     def looks_down(self) -> bool:
         """Only transient failures since it began, in more than one round (so not one burst
@@ -182,7 +189,8 @@ class Policy:
             return
         if result.outage:
             self._failures += 1
-            self.drain.failures += 1
+            if self.drain.counts(result):
+                self.drain.failures += 1
         delay = self.jitter(
             min(self._backoff_cap, self._backoff_base * 2 ** min(max(item.attempts, 1) - 1, 30))
         )
@@ -282,10 +290,12 @@ class Policy:
 
     def end_round(self, delivered: bool, results: Iterable[Result], now: float) -> None:
         """After one batch of results: a round with only transient failures counts toward
-        the drain's give-up, and (past the outage threshold) pauses the sender longer."""
+        the drain's give-up (if one of them was sent since it began), and (past the outage
+        threshold) pauses the sender longer."""
         if delivered or not any(r.outage for r in results):
             return
-        self.drain.failed_rounds += 1
+        if any(r.outage and self.drain.counts(r) for r in results):
+            self.drain.failed_rounds += 1
         if self._failures >= PAUSE_AFTER_FAILURES:
             self._pause_level += 1
             step = min(self._pause_cap, 0.25 * 2 ** min(self._pause_level - 1, 16))

@@ -259,6 +259,7 @@ class Sender:
     def _run(self, job: Job, transport: Transport) -> Result:
         """On a worker: send one job, unless a pause arrived after it was queued."""
         started = time.monotonic()
+        drain = self._mail.drain_requests  # an int read: no lock needed
         paused = self._policy.pause_until - time.time()
         if paused > 0:  # a Retry-After arrived after this job was queued: hold it
             result = Result(job.item, backend.Verdict.RETRY, "delivery paused", retry_after=paused)
@@ -271,6 +272,7 @@ class Sender:
             if result.retry_after is not None:
                 self._policy.pause(time.time() + result.retry_after)  # before the next job
         result.seconds = time.monotonic() - started
+        result.drain = drain
         return result
 
     def _report(self, result: Result) -> None:
