@@ -451,24 +451,38 @@ def test_processor_contract_methods() -> None:
     p.provider.shutdown()
 
 
-def test_on_end_reads_the_kind_of_sdk_spans_and_of_span_like_objects() -> None:
-    """on_end reads the kind through the verified private slot; anything else that reaches it
-    (a span-like object without the slot) goes through ``.kind``, and never raises."""
+def test_on_end_reads_the_kind_of_sdk_spans_and_never_raises_for_span_like_objects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """on_end reads the kind through the verified private slot (or the public property when
+    the SDK was not verified); an object that is not a span (no kind, no context) is counted
+    as a failure, never raised into the application's ``span.end()``."""
+    import operator
+
     from opentelemetry.trace import SpanKind
 
     from lucidic_otel.sdk import _fastpath
+    from lucidic_otel.sdk import processor as processor_module
+    from lucidic_otel.sdk.egress import LLM_CALLS
 
     span = TracerProvider().get_tracer("t").start_span("s", kind=SpanKind.SERVER)
     span.end()
     assert _fastpath.kind_of(span) is span.kind is SpanKind.SERVER
 
-    class SpanLike:
-        kind = SpanKind.INTERNAL
-        attributes: Dict[str, str] = {}
-
     class NoKind:
         attributes: Dict[str, str] = {}
 
-    processor = LucidicSpanProcessor(load_settings({}))
-    processor.on_end(SpanLike())  # type: ignore[arg-type]
-    processor.on_end(NoKind())  # type: ignore[arg-type]
+    requested: List[object] = []
+    monkeypatch.setattr(processor_module, "_after_request", requested.append)
+    for getter in (_fastpath.kind_of, operator.attrgetter("kind")):  # verified, public
+        monkeypatch.setattr(processor_module, "_kind_of", getter)
+        processor = LucidicSpanProcessor(load_settings({}))
+        processor.on_end(span)
+        assert requested[-1] is span  # the SERVER span was seen as one
+        LLM_CALLS.open[987654321] = True  # a call is open: on_end looks the span up
+        try:
+            processor.on_end(NoKind())  # type: ignore[arg-type]
+        finally:
+            LLM_CALLS.open.pop(987654321, None)
+        assert processor.failures == 1
+    assert len(requested) == 2

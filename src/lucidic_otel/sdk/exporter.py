@@ -54,7 +54,8 @@ _STATUS_NAMES: Dict[Any, str] = {code: code.name for code in trace.StatusCode}
 
 def _span_events(span: ReadableSpan, capture: bool) -> List[Dict[str, Any]]:
     """The span's events as stored: without content attributes unless content is captured."""
-    if not span.events:  # most spans: no list to build
+    events = span.events  # the SDK builds a new tuple on every read
+    if not events:  # most spans: no list to build
         return []
     return [
         {
@@ -62,7 +63,7 @@ def _span_events(span: ReadableSpan, capture: bool) -> List[Dict[str, Any]]:
             "time_ns": e.timestamp,
             "attributes": (dict if capture else strip_content)(e.attributes or {}),
         }
-        for e in span.events
+        for e in events
     ]
 
 

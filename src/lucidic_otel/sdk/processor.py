@@ -172,16 +172,19 @@ class LucidicSpanProcessor(SpanProcessor):
                 logger.exception("lucidic-otel: could not stamp a span with its session")
 
     def on_end(self, span: ReadableSpan) -> None:
-        if _IDLE_SEEN:
-            idle.touch_end(span)
+        # A try block costs nothing in CPython 3.11 until something raises; the SDK does not
+        # catch what a processor raises here, so it would reach the application's span.end().
         try:
-            kind = _kind_of(span)
-        except AttributeError:  # a span-like object that is not the SDK's
-            kind = getattr(span, "kind", None)
-        if kind is _SERVER:
-            _after_request(span)
-        if _LLM_OPEN:
-            LLM_CALLS.on_end(span)
+            if _IDLE_SEEN:
+                idle.touch_end(span)
+            if _kind_of(span) is _SERVER:
+                _after_request(span)
+            if _LLM_OPEN:
+                LLM_CALLS.on_end(span)
+        except Exception:  # noqa: BLE001 - telemetry must never break the application
+            self.failures += 1  # shared with on_start: logged once per processor
+            if self.failures == 1:
+                logger.exception("lucidic-otel: could not account for an ended span")
 
     def shutdown(self) -> None:
         return None
