@@ -72,6 +72,7 @@ def install_dir(family: str) -> Path:
         shutil.rmtree(building, ignore_errors=True)
         raise RuntimeError(
             f"pip could not install the [{family}] extra {wanted}:\n{proc.stdout}\n{proc.stderr}")
+    check_resolved(building)
     (building / ".complete").write_text("\n".join(wanted) + "\n", "utf-8")
     try:
         building.rename(target)
@@ -80,13 +81,45 @@ def install_dir(family: str) -> Path:
     return target
 
 
+def check_resolved(target: Path) -> None:
+    """Raise unless every requirement of every distribution in ``target`` is met by ``target``
+    itself or by this venv: ``--no-deps`` skips pip's resolver, so this is the check that the
+    extra's pins fit the project's pinned OpenTelemetry set (and that the extra lists all of
+    what its packages need beyond that set)."""
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    def installed(paths: List[str]) -> dict:
+        return {canonicalize_name(d.metadata["Name"]): d.version
+                for d in importlib.metadata.distributions(path=paths)}
+
+    here = installed([str(target)])
+    versions = {**installed(sys.path), **here}
+    environment = {**default_environment(), "extra": ""}
+    problems = []
+    for dist in importlib.metadata.distributions(path=[str(target)]):
+        for line in dist.requires or ():
+            requirement = Requirement(line)
+            if requirement.marker is not None and not requirement.marker.evaluate(environment):
+                continue  # an optional extra of that package, or another platform's
+            have = versions.get(canonicalize_name(requirement.name))
+            if have is None or not requirement.specifier.contains(have, prereleases=True):
+                problems.append(f"{dist.metadata['Name']} needs {line}; installed: {have}")
+    if problems:
+        raise RuntimeError("the extra does not fit this environment:\n" + "\n".join(problems))
+
+
 def hidden(tmp: Path, libraries: Iterable[str] = tuple(OFFICIAL)) -> Path:
     """A directory of the official instrumentations' metadata for ``libraries``, each with an
     empty ``entry_points.txt``: first on ``PYTHONPATH``, it hides them from the launcher."""
     target = tmp / "hidden-official"
     target.mkdir(exist_ok=True)
     for library in libraries:
-        dist = importlib.metadata.distribution(OFFICIAL[library])
+        try:
+            dist = importlib.metadata.distribution(OFFICIAL[library])
+        except importlib.metadata.PackageNotFoundError:
+            continue  # not installed here: nothing to hide
         source = Path(str(dist._path))  # type: ignore[attr-defined]
         copy = target / source.name
         if not copy.exists():
