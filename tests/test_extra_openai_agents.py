@@ -21,9 +21,9 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from lucidic_otel.outbox.store import Store
 from tests.support.launcher import clean_env, run_instrumented, write_script
 from tests.support.replay import ReplayServer, load_recordings
+from tests.support.stored import session_trees
 
 agents = pytest.importorskip("agents")
 pytest.importorskip("opentelemetry.instrumentation.genai.openai_agents")
@@ -111,21 +111,7 @@ def runs(tmp_path_factory):
     assert server.unmatched == [], server.unmatched
     assert sorted(server.served) == sorted(RECORDINGS)
     assert "tool_call -> The weather in Barcelona is sunny. Enjoy your day!" in proc.stdout
-    store = Store(store_path)
-    try:
-        found = {}
-        for run in RUNS:
-            events = [i.body for i in store.session_events(SESSION_PREFIX + run)
-                      if i.kind == "event"]
-            spans = store.session_spans(SESSION_PREFIX + run)
-            starts = [(e["metadata"]["trace_id"], e["metadata"].get("parent_span_id"))
-                      for e in events]
-            parents = dict(zip([e["client_event_id"] for e in events],
-                               store.nearest_event_ancestors(starts), strict=True))
-            found[run] = (events, spans, parents)
-        return found
-    finally:
-        store.close()
+    return session_trees(store_path, SESSION_PREFIX, RUNS)
 
 
 def _response(name: str) -> Dict[str, Any]:

@@ -22,10 +22,10 @@ from typing import Any, Dict, List
 
 import pytest
 
-from lucidic_otel.outbox.store import Store
 from tests.support import peers
 from tests.support.launcher import clean_env, run_instrumented, write_script
 from tests.support.replay import ReplayServer
+from tests.support.stored import session_trees
 
 pytest.importorskip("langchain")
 pytest.importorskip("langchain_openai")
@@ -64,18 +64,7 @@ def runs(tmp_path_factory):
     assert "Traceback" not in proc.stderr, proc.stderr
     assert server.unmatched == [], server.unmatched
     assert sorted(server.served) == sorted(RECORDINGS)
-    with Store(store_path) as store:
-        found = {}
-        for run in RUNS:
-            events = [i.body for i in store.session_events(SESSION_PREFIX + run)
-                      if i.kind == "event"]
-            spans = store.session_spans(SESSION_PREFIX + run)
-            starts = [(e["metadata"]["trace_id"], e["metadata"].get("parent_span_id"))
-                      for e in events]
-            parents = dict(zip([e["client_event_id"] for e in events],
-                               store.nearest_event_ancestors(starts), strict=True))
-            found[run] = (events, spans, parents)
-        return found
+    return session_trees(store_path, SESSION_PREFIX, RUNS)
 
 
 def _of_type(events: List[Dict[str, Any]], kind: str) -> List[Dict[str, Any]]:
