@@ -991,3 +991,32 @@ def test_a_fork_during_a_transaction_leaves_the_child_a_usable_store(tmp_path: P
     with Store(path) as check:
         assert {"s-fork", "s-child"} <= {s["session_id"] for s in check.list_sessions()}
     store.close()
+
+
+def test_an_item_released_unattempted_is_as_before_its_claim(store: Store) -> None:
+    store.write_batch([], [event("joined", "e1"), event("joined", "e2")])
+    [e1, e2] = store.claim_pending(5, now=10.0, lease_seconds=30)
+    assert store.mark_retry(e1.seq, "HTTP 503", next_attempt_at=20.0)  # a real attempt
+    assert store.mark_delivered([e2.seq])
+    [e1] = store.claim_pending(5, now=20.0, lease_seconds=30)
+    assert e1.attempts == 2
+    # Given back unsent (the sender paused): the claim's attempt and lease are undone, the
+    # last error stays without a reason, and it is due when asked, not later.
+    assert store.release_unattempted([e1, e2], next_attempt_at=25.0)
+    [after] = [i for i in store.session_events("joined") if i.key == "e1"]
+    assert (after.attempts, after.next_attempt_at, after.last_error) == (1, 25.0, "HTTP 503")
+    assert store.claim_pending(5, now=24.9) == []
+    [again] = store.claim_pending(5, now=25.0, lease_seconds=30)  # before the old lease ended
+    assert again.attempts == 2
+    assert store.outbox_counts() == {"pending": 1, "delivered": 1, "failed": 0}
+
+
+def test_releasing_a_stale_claim_leaves_the_new_owners_lease_alone(store: Store) -> None:
+    store.write_batch([], [event("joined", "e1")])
+    [stale] = store.claim_pending(5, now=10.0, lease_seconds=30)
+    [taken] = store.claim_pending(5, now=41.0, lease_seconds=30)  # the lease expired
+    assert taken.attempts == 2
+    assert store.release_unattempted([stale], next_attempt_at=0.0, why="delivery paused")
+    [item] = store.session_events("joined")
+    assert (item.attempts, item.last_error) == (2, None)
+    assert store.claim_pending(5, now=42.0) == []  # still the other sender's

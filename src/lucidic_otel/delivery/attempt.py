@@ -47,6 +47,7 @@ class Result:
     blob: bool = False
     seconds: float = 0.0  # how long the worker spent on it
     drain: int = 0  # the drain request current when the attempt began (see Policy)
+    unattempted: bool = False  # never sent (the sender was paused): no attempt, no backoff
 
 
 class Attempts:

@@ -131,15 +131,15 @@ class Dispatcher:
         """Items queued but not started go back to the outbox, due at ``until``.
 
         So that a pause (Retry-After, an outage) or a stop holds for them too, instead of
-        them being sent anyway by the next free worker.
+        them being sent anyway by the next free worker. They were never sent: their claim's
+        attempt is undone (:meth:`Store.release_unattempted`), so no backoff grows for them.
         """
         taken = self._pool.take_back()
         for job in list(taken):  # their children, held here, go back too
             taken.extend(self._holds.done(job.item))
         taken.extend(self._holds.take_all())
-        for job in taken:
-            self._in_flight -= 1
-            self._store.mark_retry(job.item.seq, why, until)
+        self._in_flight -= len(taken)
+        self._store.release_unattempted([job.item for job in taken], until, why)
         return len(taken)
 
     def run(self) -> None:
@@ -217,9 +217,11 @@ class Dispatcher:
             for job in waiting:
                 self._send(job)
             return
-        for job in waiting + self._holds.dependents(waiting):
-            self._in_flight -= 1
-            self._store.mark_retry(job.item.seq, "waiting for its parent event", now)
+        back = waiting + self._holds.dependents(waiting)
+        self._in_flight -= len(back)
+        self._store.release_unattempted(
+            [job.item for job in back], now, "waiting for its parent event"
+        )
 
     def _busy_timeout(self) -> float:
         linger = self._more and self._in_flight < self._capacity()
@@ -289,6 +291,10 @@ class Dispatcher:
     def _record(self, result: Result, now: float) -> bool:
         """One verdict; True if the item was delivered (its mark is batched)."""
         item, verdict = result.item, result.verdict
+        if result.unattempted:  # it met a pause, not the backend: back unsent, no backoff
+            until = max(now, self._policy.pause_until)
+            self._store.release_unattempted([item], until, result.error)
+            return False
         if verdict is backend.Verdict.DELIVERED:
             if result.adopted_session_id and result.adopted_session_id != item.session_id:
                 self._resolver.adopt(item.session_id, result.adopted_session_id)

@@ -43,8 +43,8 @@ class Resolver:
             if item.kind == KIND_SESSION_END and not self._store.session_events_delivered(
                 item.session_id, item.seq
             ):
-                self._store.mark_retry(
-                    item.seq, "waiting for the session's events", time.time() + 1.0
+                self._store.release_unattempted(
+                    [item], time.time() + 1.0, "waiting for the session's events"
                 )
                 continue
             session_id = (

@@ -262,7 +262,10 @@ class Sender:
         drain = self._mail.drain_requests  # an int read: no lock needed
         paused = self._policy.pause_until - time.time()
         if paused > 0:  # a Retry-After arrived after this job was queued: hold it
-            result = Result(job.item, backend.Verdict.RETRY, "delivery paused", retry_after=paused)
+            result = Result(
+                job.item, backend.Verdict.RETRY, "delivery paused", retry_after=paused,
+                unattempted=True,
+            )
         else:
             try:
                 result = self._attempts.deliver(job, transport)

@@ -4,7 +4,9 @@ Order is the point. The sender delivers by ``seq`` (global recording order), and
 an item back however due it is: a session's end waits for every earlier item of its session, and
 an event waits for its session's init. A claim leases the items for a while, which keeps the
 senders of other processes off them; if the sender dies, its lease expires and they become
-claimable again. ``attempts`` counts claims.
+claimable again. ``attempts`` counts claims that reached the network: a claimed item given
+back unsent (the sender paused, stopped, or held it behind its parent) has its claim undone by
+:meth:`Queue.release_unattempted`, so that its own backoff does not grow.
 
 Parents before children (the official SDK's order; the contract allows either): a child
 usually ends, and is recorded, before its parent. A claim therefore brings the claimable
@@ -65,6 +67,13 @@ MARK_DELIVERED = sql(
     "UPDATE outbox SET state = {delivered}, lease_until = 0, last_error = NULL,"
     " updated_at = ? WHERE seq = ? AND state = {pending}"
 )
+# Undo this process's claim of an item it never sent: the lease it took (and only that one: an
+# item whose lease expired and that another sender claimed since is theirs), and its attempt.
+_RELEASE_UNATTEMPTED = sql(
+    "UPDATE outbox SET next_attempt_at = ?, last_error = coalesce(?, last_error), lease_until = 0,"
+    " attempts = max(attempts - 1, 0), updated_at = ?"
+    " WHERE seq = ? AND state = {pending} AND lease_until = ?"
+)
 _MARK_RETRY = sql(
     "UPDATE outbox SET next_attempt_at = ?, last_error = ?, lease_until = 0,"
     " updated_at = ? WHERE seq = ? AND state = {pending}"
@@ -113,9 +122,11 @@ class Queue:
             if any(item.kind == KIND_EVENT for item in items):
                 items = _parents_first(conn, items, now, limit)
             if items:
-                conn.executemany(_LEASE, [(now + lease_seconds, item.seq) for item in items])
+                until = now + lease_seconds
+                conn.executemany(_LEASE, [(until, item.seq) for item in items])
                 for item in items:
                     item.attempts += 1
+                    item.lease_until = until
             return items
 
         return self._db.run("claim_pending", claim, write=True, default=[])
@@ -132,6 +143,14 @@ class Queue:
         row = (float(next_attempt_at), as_text(error)[:MAX_TEXT] if error else None,
                time.time(), int(seq))
         return self._db.update("mark_retry", _MARK_RETRY, [row])
+
+    def release_unattempted(self, items: Sequence[OutboxItem], next_attempt_at: float,
+                            why: Optional[str] = None) -> bool:
+        """See :meth:`lucidic_otel.outbox.store.Store.release_unattempted`."""
+        now, error = time.time(), as_text(why)[:MAX_TEXT] if why else None
+        rows = [(float(next_attempt_at), error, now, int(item.seq), float(item.lease_until))
+                for item in items]
+        return self._db.update("release_unattempted", _RELEASE_UNATTEMPTED, rows)
 
     def mark_failed(self, seq: int, reason: str) -> bool:
         """See :meth:`lucidic_otel.outbox.store.Store.mark_failed`."""

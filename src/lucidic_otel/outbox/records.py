@@ -76,6 +76,7 @@ class OutboxItem:
     next_attempt_at: float = 0.0
     last_error: Optional[str] = None
     created_at: float = 0.0
+    lease_until: float = 0.0  # the lease this process's claim took on it (0: not claimed)
 
 
 # ------------------------------------------------------------------------------- encoding

@@ -246,7 +246,7 @@ class Store:
         and in order: an end only once every earlier item of its session is settled, an event
         only once its session's init is settled. The lease keeps senders of other processes
         off these items; if this sender dies, they become claimable again when it expires.
-        ``attempts`` counts claims.
+        ``attempts`` counts claims (less those undone by :meth:`release_unattempted`).
         """
         return self._queue.claim_pending(limit, now, lease_seconds)
 
@@ -257,6 +257,16 @@ class Store:
     def mark_retry(self, seq: int, error: str, next_attempt_at: float) -> bool:
         """Delivery failed for a transient reason; try again at ``next_attempt_at``."""
         return self._queue.mark_retry(seq, error, next_attempt_at)
+
+    def release_unattempted(
+        self, items: Sequence[OutboxItem], next_attempt_at: float, why: Optional[str] = None
+    ) -> bool:
+        """Give claimed items back unsent (the sender paused or stopped, or a child waited
+        for its parent): claimable again at ``next_attempt_at``, with the claim's attempt
+        undone, so no backoff grows for a request never made; ``why`` (if given) becomes
+        the item's last error. An item whose lease expired and that another sender claimed
+        since is left alone (it is theirs now)."""
+        return self._queue.release_unattempted(items, next_attempt_at, why)
 
     def mark_failed(self, seq: int, reason: str) -> bool:
         """Move an item aside for good (the backend rejected it); the reason stays visible."""
