@@ -107,6 +107,11 @@ def _record_setup(conn: sqlite3.Connection, row: Tuple[float, str]) -> bool:
     return True
 
 
+_ALIAS_SQL = (
+    "INSERT OR REPLACE INTO session_aliases (session_id, backend_session_id) VALUES (?, ?)"
+)
+
+
 class Store:
     """The local store and outbox. Thread-safe, fork-safe, and it never raises I/O errors.
 
@@ -166,11 +171,9 @@ class Store:
     def check_path(self) -> bool:
         """Report a path that can never hold the store now, instead of at the first write.
 
-        The exporter calls this at start-up: its first write is often at exit, and a warning
-        printed after all of the program's own output is easily missed. Such a path moves
-        this process to the in-memory store at once, with the usual single warning (or is
-        handed to ``on_unusable``, as a failed open would be). Creates and opens nothing.
-        Returns False when the path cannot be used.
+        The exporter calls this at start-up: its first write is often at exit, where a warning
+        is easily missed. Such a path moves this process to the in-memory store at once (or is
+        handed to ``on_unusable``). Creates and opens nothing; False when the path is unusable.
         """
         if self._db.mode != FILE:
             return False
@@ -214,10 +217,9 @@ class Store:
     def merge_llm_layer(self, merge: Any) -> bool:
         """A late layer of an LLM call joined its event (``lucidic_otel.convert.layers.LateMerge``).
 
-        The event keeps its id; its body is replaced while it is still pending (one that is
-        already delivered keeps the body the backend has). The span holding it gets the
-        merged model, tokens and cost, and its session's totals change by the difference, so
-        the call is still counted once.
+        The event keeps its id; its body is replaced while still pending (a delivered one keeps
+        the backend's). Its span gets the merged model, tokens and cost, and the session's
+        totals change by the difference, so the call is still counted once.
         """
         return self._writer.merge_llm_layer(merge)
 
@@ -229,11 +231,7 @@ class Store:
 
     def set_session_alias(self, session_id: str, backend_session_id: str) -> bool:
         """Remember that the backend calls ``session_id`` ``backend_session_id`` from now on."""
-        sql = (
-            "INSERT OR REPLACE INTO session_aliases (session_id, backend_session_id)"
-            " VALUES (?, ?)"
-        )
-        return self._db.update("set_session_alias", sql, [(session_id, backend_session_id)])
+        return self._db.update("set_session_alias", _ALIAS_SQL, [(session_id, backend_session_id)])
 
     # ------------------------------------------------------------------ the queue
 
@@ -261,11 +259,9 @@ class Store:
     def release_unattempted(
         self, items: Sequence[OutboxItem], next_attempt_at: float, why: Optional[str] = None
     ) -> bool:
-        """Give claimed items back unsent (the sender paused or stopped, or a child waited
-        for its parent): claimable again at ``next_attempt_at``, with the claim's attempt
-        undone, so no backoff grows for a request never made; ``why`` (if given) becomes
-        the item's last error. An item whose lease expired and that another sender claimed
-        since is left alone (it is theirs now)."""
+        """Give claimed items back unsent (paused, stopped, or held for a parent): due at
+        ``next_attempt_at``, the claim's attempt undone (no backoff for a request never made),
+        ``why`` as last error if given. An item another sender claimed since is left alone."""
         return self._queue.release_unattempted(items, next_attempt_at, why)
 
     def mark_failed(self, seq: int, reason: str) -> bool:
@@ -375,10 +371,8 @@ class Store:
         return result
 
     def close(self) -> None:
-        """Close this process's connections. Call when the threads using the store are done.
-
-        A later call reopens lazily. In memory mode, says how many undelivered items are lost.
-        """
+        """Close this process's connections once its threads are done with the store (a later
+        call reopens lazily). In memory mode, says how many undelivered items are lost."""
         if self._db.mode == MEMORY and self._db.mem_conn is not None:
             lost = self._fallback.undelivered_only_in_memory()
             if lost:
