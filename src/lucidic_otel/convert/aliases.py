@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, Mapping, Tuple
 
-from lucidic_otel.convert.values import as_str, parse
+from lucidic_otel.convert.values import as_str, parse, plain
 
 # (semantic-conventions name, other names in order of preference) for values copied as-is.
 _SAME_VALUE: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
@@ -49,8 +49,9 @@ _RESPONSE_ID = re.compile(r'"id":\s*"((?:chatcmpl-|resp_|msg_)[A-Za-z0-9_-]{1,20
 
 
 def llm_attributes(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``attrs`` plus the semantic-conventions names of facts only spelled otherwise (the same
-    mapping when there are none)."""
+    """``attrs`` as a plain dict (:func:`~lucidic_otel.convert.values.plain`) plus the
+    semantic-conventions names of facts only spelled otherwise."""
+    attrs = plain(attrs)
     added: Dict[str, Any] = {}
     for name, others in _SAME_VALUE:
         if name in attrs:
@@ -100,7 +101,9 @@ def _add_response_id(output: Any, added: Dict[str, Any]) -> None:
 
 
 def tool_attributes(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``attrs`` plus the result and call id of a LangChain ``ToolMessage`` output."""
+    """``attrs`` as a plain dict plus the result and call id of a LangChain ``ToolMessage``
+    output."""
+    attrs = plain(attrs)
     if "gen_ai.tool.call.result" in attrs or "openinference.span.kind" not in attrs:
         return attrs
     message = parse(attrs.get("output.value"))

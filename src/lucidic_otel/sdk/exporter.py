@@ -25,6 +25,7 @@ from lucidic_otel.config import Settings, get_settings
 from lucidic_otel.convert.events import llm_summary, span_to_event
 from lucidic_otel.convert.layers import LateMerge, LayerSpan, LayerTracker
 from lucidic_otel.convert.pricing import BUILTIN, RATE_FIELDS, PriceTable, table_from_json
+from lucidic_otel.convert.values import plain
 from lucidic_otel.delivery import sender
 from lucidic_otel.ids import event_id
 from lucidic_otel.outbox.store import SpanRecord, Store, default_store_path
@@ -38,13 +39,6 @@ from lucidic_otel.sessions.resolve import PROCESS_SESSION
 logger = logging.getLogger(__name__)
 
 __all__ = ["CONTENT_ATTRIBUTE_PREFIXES", "LucidicSpanExporter", "strip_content"]
-
-def _copy(attributes: Mapping[str, Any]) -> Dict[str, Any]:
-    """A plain dict of ``attributes``; the SDK's proxy has a C-level ``copy``, much cheaper."""
-    copy = getattr(attributes, "copy", None)
-    result = copy() if copy is not None else None
-    return result if type(result) is dict else dict(attributes)
-
 
 # Enum members to their names by dict lookup: ``.name``/``.value`` of an Enum member is a
 # descriptor call, and this runs for every exported span.
@@ -250,7 +244,8 @@ class LucidicSpanExporter(SpanExporter):
             end_ns=span.end_time or 0,
             status_code=_STATUS_NAMES.get(status.status_code, "UNSET"),
             status_message=status.description,
-            attributes=_copy(attributes) if capture else strip_content(attributes),
+            attributes=(attributes.copy() if type(attributes) is dict else plain(attributes))
+            if capture else strip_content(attributes),
             events=_span_events(span, capture),
             resource=resource,
             event_id=event["client_event_id"]
