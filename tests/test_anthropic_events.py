@@ -16,7 +16,7 @@ import pytest
 
 from lucidic_otel.convert.pricing import cost as price_cost
 from lucidic_otel.outbox.store import Store
-from tests.support.anthropic_replay import AnthropicReplayServer, load_recordings
+from tests.support.anthropic_replay import CLIENT_CALL, AnthropicReplayServer, load_recordings
 from tests.support.launcher import clean_env, run_instrumented, write_script
 
 anthropic = pytest.importorskip("anthropic")
@@ -29,28 +29,10 @@ APP = """
     import inspect, json, sys
     import anthropic
     import lucidic_otel
-
-    base_url, recordings = sys.argv[1], json.loads(open(sys.argv[2]).read())
-    client = anthropic.Anthropic(base_url=base_url, api_key="test", max_retries=0)
-    accepted = inspect.signature(anthropic.resources.Messages.create).parameters
-
+""" + CLIENT_CALL + """
     def run():
         for name, recording in recordings.items():
-            # The recorded body as sent; fields this client version has no argument for
-            # (anthropic 2.x dropped some) go in extra_body, so the request body is the same.
-            params = {k: v for k, v in recording["request"]["body"].items() if k in accepted}
-            extra = {k: v for k, v in recording["request"]["body"].items() if k not in accepted}
-            if extra:
-                params["extra_body"] = extra
-            try:
-                if params.pop("stream", False):
-                    with client.messages.create(stream=True, **params) as stream:
-                        for _ in stream:
-                            pass
-                else:
-                    client.messages.create(**params)
-            except anthropic.APIStatusError as exc:
-                print("api error", name, exc.status_code)
+            call(name, recording)
 
     lucidic_otel.with_lucidic(run, session_name="anthropic", session_id=sys.argv[3])
 """

@@ -24,7 +24,7 @@ import pytest
 from lucidic_otel.convert.pricing import cost as price_cost
 from lucidic_otel.outbox.store import Store
 from tests.support import peers
-from tests.support.anthropic_replay import AnthropicReplayServer, load_recordings
+from tests.support.anthropic_replay import CLIENT_CALL, AnthropicReplayServer, load_recordings
 from tests.support.launcher import clean_env, run_instrumented, write_script
 
 anthropic = pytest.importorskip("anthropic")
@@ -37,26 +37,7 @@ APP = """
     import inspect, json, sys
     import anthropic
     import lucidic_otel
-
-    base_url, recordings = sys.argv[1], json.loads(open(sys.argv[2]).read())
-    client = anthropic.Anthropic(base_url=base_url, api_key="test", max_retries=0)
-    accepted = inspect.signature(anthropic.resources.Messages.create).parameters
-
-    def call(name, recording):
-        params = {k: v for k, v in recording["request"]["body"].items() if k in accepted}
-        extra = {k: v for k, v in recording["request"]["body"].items() if k not in accepted}
-        if extra:
-            params["extra_body"] = extra
-        try:
-            if params.pop("stream", False):
-                with client.messages.create(stream=True, **params) as stream:
-                    for _ in stream:
-                        pass
-            else:
-                client.messages.create(**params)
-        except anthropic.APIStatusError as exc:
-            print("api error", name, exc.status_code)
-
+""" + CLIENT_CALL + """
     for name, recording in recordings.items():
         lucidic_otel.with_lucidic(call, name, recording, session_name=name,
                                   session_id=sys.argv[3] + name)
