@@ -160,6 +160,17 @@ class _Reader:
         self.bad(name, value, "one of " + ", ".join(allowed), default)
         return default
 
+    def path(self, name: str, default: str) -> Optional[Path]:
+        """A file path, ``~`` expanded; None (and ``default`` named) when unset or unusable."""
+        value = self.raw(name)
+        if not value:
+            return None
+        try:
+            return Path(value).expanduser()
+        except (RuntimeError, ValueError):  # "~unknown-user/..." or a NUL byte
+            self.bad(name, value, "a file path", default)
+            return None
+
     def session_id(self, name: str) -> Optional[str]:
         value = self.raw(name)
         if value is None:
@@ -248,20 +259,8 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
     region = r.choice(ev.LUCIDIC_REGION, "us", tuple(REGION_BASE_URLS))
     resolved_url = (base_url or REGION_BASE_URLS[region]).rstrip("/")
 
-    prices_text = r.raw(ev.LUCIDIC_PRICES)
-    prices_path: Optional[Path] = None
-    if prices_text:
-        try:
-            prices_path = Path(prices_text).expanduser()
-        except (RuntimeError, ValueError):  # "~unknown-user/..." or a NUL byte
-            r.bad(ev.LUCIDIC_PRICES, prices_text, "a file path", "the built-in price table")
-    store_path_text = r.raw(ev.LUCIDIC_STORE_PATH)
-    store_path: Optional[Path] = None
-    if store_path_text:
-        try:
-            store_path = Path(store_path_text).expanduser()
-        except (RuntimeError, ValueError):  # "~unknown-user/..." or a NUL byte
-            r.bad(ev.LUCIDIC_STORE_PATH, store_path_text, "a file path", "the default location")
+    prices_path = r.path(ev.LUCIDIC_PRICES, "the built-in price table")
+    store_path = r.path(ev.LUCIDIC_STORE_PATH, "the default location")
     settings = Settings(
         api_key=r.secret(ev.LUCIDIC_API_KEY),
         agent_id=r.text(ev.LUCIDIC_AGENT_ID, 256),
