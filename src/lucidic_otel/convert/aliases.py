@@ -48,7 +48,7 @@ _INVOCATION_KEYS = ("llm.invocation_parameters", "embedding.invocation_parameter
 _RESPONSE_ID = re.compile(r'"id":\s*"((?:chatcmpl-|resp_|msg_)[A-Za-z0-9_-]{1,200})"')
 
 
-def llm_attributes(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
+def llm_attributes(attrs: Mapping[str, Any]) -> Dict[str, Any]:
     """``attrs`` as a plain dict (:func:`~lucidic_otel.convert.values.plain`) plus the
     semantic-conventions names of facts only spelled otherwise."""
     attrs = plain(attrs)
@@ -67,11 +67,8 @@ def llm_attributes(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
     reason = as_str(attrs.get("llm.finish_reason"))
     if reason and "gen_ai.response.finish_reasons" not in attrs:
         added["gen_ai.response.finish_reasons"] = (reason,)
-    if not added:
-        return attrs
-    merged = dict(attrs)
-    merged.update(added)
-    return merged
+    attrs.update(added)  # our own copy
+    return attrs
 
 
 def _add_invocation(attrs: Mapping[str, Any], added: Dict[str, Any]) -> None:
@@ -100,7 +97,7 @@ def _add_response_id(output: Any, added: Dict[str, Any]) -> None:
             added["gen_ai.response.id"] = found.group(1)
 
 
-def tool_attributes(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
+def tool_attributes(attrs: Mapping[str, Any]) -> Dict[str, Any]:
     """``attrs`` as a plain dict plus the result and call id of a LangChain ``ToolMessage``
     output."""
     attrs = plain(attrs)
@@ -110,9 +107,8 @@ def tool_attributes(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
     data = message.get("data") if isinstance(message, Mapping) else None
     if not isinstance(data, Mapping) or message.get("type") != "tool" or "content" not in data:
         return attrs
-    merged = dict(attrs)
-    merged["gen_ai.tool.call.result"] = data["content"]
     call_id = as_str(data.get("tool_call_id"))
     if call_id and "gen_ai.tool.call.id" not in attrs:
-        merged["gen_ai.tool.call.id"] = call_id
-    return merged
+        attrs["gen_ai.tool.call.id"] = call_id
+    attrs["gen_ai.tool.call.result"] = data["content"]  # our own copy
+    return attrs

@@ -148,14 +148,12 @@ def as_str(value: Any) -> Optional[str]:
 
 
 def plain(attrs: Mapping[str, Any]) -> Dict[str, Any]:
-    """A plain dict of a span's attributes, for code that reads many of them.
+    """A new plain dict of a span's attributes: a copy the caller owns, cheap to read.
 
     ``get`` on the SDK's read-only view is two Python-level calls (``Mapping.get``, then
     ``__getitem__``); its ``copy`` is one C-level dict copy. An LLM span's conversion reads
     some seventy attributes, so copying first makes it several microseconds cheaper.
     """
-    if type(attrs) is dict:
-        return attrs
     copy = getattr(attrs, "copy", None)
     result = copy() if copy is not None else None
     return result if type(result) is dict else dict(attrs)

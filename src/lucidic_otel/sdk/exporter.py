@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from lucidic_otel import _diagnostics, gil
 from lucidic_otel.config import Settings, get_settings
-from lucidic_otel.convert.events import llm_summary, span_to_event
+from lucidic_otel.convert.events import span_to_event
 from lucidic_otel.convert.layers import LateMerge, LayerSpan, LayerTracker
 from lucidic_otel.convert.pricing import BUILTIN, RATE_FIELDS, PriceTable, table_from_json
 from lucidic_otel.convert.values import plain
@@ -70,6 +70,8 @@ def _drop_llm_claim(record: SpanRecord) -> None:
 
 
 def _set_llm_summary(record: SpanRecord, event: Mapping[str, Any]) -> None:
+    """The row's model, tokens and cost: those of its ``llm_generation`` event, so the local
+    totals are what the backend is sent (a failed call's 0 tokens included)."""
     payload = event.get("payload") or {}
     usage = payload.get("usage") or {}
     record.model = (payload.get("request") or {}).get("model")
@@ -226,8 +228,6 @@ class LucidicSpanExporter(SpanExporter):
         if session_id is not None:
             event = span_to_event(span, str(session_id), None, capture_content=capture,
                                   prices=self._prices)
-        is_llm = event is not None and event.get("type") == "llm_generation"
-        summary = (llm_summary(span, self._prices) if is_llm else None) or {}
         parent = span.parent
         resource = self._resource_attributes(span)
         status = span.status
@@ -244,19 +244,16 @@ class LucidicSpanExporter(SpanExporter):
             end_ns=span.end_time or 0,
             status_code=_STATUS_NAMES.get(status.status_code, "UNSET"),
             status_message=status.description,
-            attributes=(attributes.copy() if type(attributes) is dict else plain(attributes))
-            if capture else strip_content(attributes),
+            attributes=plain(attributes) if capture else strip_content(attributes),
             events=_span_events(span, capture),
             resource=resource,
             event_id=event["client_event_id"]
             if event is not None
             else event_id(ctx.trace_id, ctx.span_id),
             event_type=event.get("type") if event is not None else None,
-            model=summary.get("model"),
-            input_tokens=summary.get("input_tokens"),
-            output_tokens=summary.get("output_tokens"),
-            cost=summary.get("cost"),
         )
+        if record.event_type == "llm_generation":  # the row counts what the event says
+            _set_llm_summary(record, event)  # type: ignore[arg-type]
         return record, event
 
     def _one_event_per_call(
