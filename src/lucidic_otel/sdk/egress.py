@@ -89,11 +89,9 @@ PROVIDER_HOSTS: Tuple[str, ...] = (
 _URL_ATTRIBUTES = ("url.full", "http.url")
 _HOST_ATTRIBUTES = ("server.address", "net.peer.name")
 _DECISIONS_KEPT = 1024
-# A span is an LLM client call when it is a CLIENT span of a GenAI operation.
-_GENAI_OPERATION, _GENAI_SYSTEM, _GENAI_PROVIDER = (
-    "gen_ai.operation.name", "gen_ai.system", "gen_ai.provider.name")
-#: A span holding none of these at start is not an LLM call (the processor's pre-check).
-GENAI_CALL_KEYS = frozenset({_GENAI_OPERATION, _GENAI_SYSTEM, _GENAI_PROVIDER})
+#: A span is an LLM client call when it is a CLIENT span holding one of these at start (the
+#: processor's pre-check too).
+GENAI_CALL_KEYS = frozenset({"gen_ai.operation.name", "gen_ai.system", "gen_ai.provider.name"})
 
 
 class _Hosts:
@@ -134,14 +132,11 @@ class LlmCalls:
         self.open: Dict[int, bool] = {}
 
     def on_start(self, span: Any, attributes: Optional[Dict[str, Any]]) -> None:
-        # Cheapest tests first: this runs for every span on the application's thread.
+        # Cheapest tests first: the processor calls this only for a span with a GenAI key or
+        # while a call is open, on the application's thread.
         if (
             attributes
-            and (
-                _GENAI_OPERATION in attributes
-                or _GENAI_SYSTEM in attributes
-                or _GENAI_PROVIDER in attributes
-            )
+            and not GENAI_CALL_KEYS.isdisjoint(attributes)
             and span.kind is SpanKind.CLIENT
         ):
             self.open[span.get_span_context().span_id] = True
